@@ -1,0 +1,47 @@
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+from workbench import Bridge  # noqa: E402
+from workbench.toy import char_tokenizer, tiny_model  # noqa: E402
+
+VARIANTS = {
+    "gpt2": ("gpt2", {}),
+    "llama_mha": ("llama", {}),
+    "llama_gqa": ("llama", {"n_kv_heads": 2}),
+    "llama_mqa": ("llama", {"n_kv_heads": 1}),
+    "neox_parallel": ("gpt_neox", {}),
+    "neox_sequential": ("gpt_neox", {"use_parallel_residual": False}),
+}
+
+
+@pytest.fixture(scope="session", params=list(VARIANTS))
+def saved(request, tmp_path_factory):
+    """A tiny model of each family/variant written with save_pretrained: (variant, folder)."""
+    family, kw = VARIANTS[request.param]
+    folder = tmp_path_factory.mktemp(request.param)
+    tiny_model(family, **kw).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return request.param, folder
+
+
+@pytest.fixture
+def bridge(saved):
+    return Bridge.from_pretrained(str(saved[1]))
+
+
+@pytest.fixture
+def hf_eager(saved):
+    return AutoModelForCausalLM.from_pretrained(saved[1], attn_implementation="eager",
+                                                dtype=torch.float32).eval()
+
+
+def no_torch_hooks(model) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+               for m in model.modules())

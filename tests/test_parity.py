@@ -1,0 +1,83 @@
+"""The bridge equals HF eager: logits, every residual, attention weights; padding equivalence."""
+
+import torch
+from conftest import no_torch_hooks
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def close(a, b, tol=1e-4):
+    scale = b.abs().max().clamp_min(1.0)
+    assert ((a - b).abs().max() / scale).item() < tol
+
+
+def test_logits_and_residuals_equal_hf_eager(bridge, hf_eager):
+    tokens = bridge.to_tokens(PROMPT)
+    with torch.no_grad():
+        ref = hf_eager(tokens, output_hidden_states=True, output_attentions=True)
+        plain = bridge(tokens)
+        logits, cache = bridge.run_with_cache(tokens)
+    close(plain, ref.logits)
+    close(logits, ref.logits)
+    n = bridge.cfg.n_layers
+    for layer in range(n):  # HF hidden_states[i] is the input of block i
+        close(cache["resid_pre", layer], ref.hidden_states[layer])
+        close(cache["pattern", layer], ref.attentions[layer])
+    # HF's last hidden state is after the final norm
+    close(cache["ln_final.hook_normalized"] * bridge.model.get_submodule(
+        bridge.adapter.ln_final).weight + (bridge.model.get_submodule(bridge.adapter.ln_final).bias
+                                           if bridge.cfg.normalization_type == "LN" else 0),
+          ref.hidden_states[n])
+    assert no_torch_hooks(bridge.model)
+
+
+def test_residual_identities(bridge):
+    _, cache = bridge.run_with_cache(PROMPT)
+    for layer in range(bridge.cfg.n_layers):
+        pre, post = cache["resid_pre", layer], cache["resid_post", layer]
+        attn, mlp = cache["attn_out", layer], cache["mlp_out", layer]
+        close(pre + attn + mlp, post, 1e-5)
+        if not bridge.cfg.parallel_attn_mlp:
+            close(pre + attn, cache["resid_mid", layer], 1e-5)
+        if layer + 1 < bridge.cfg.n_layers:
+            assert torch.equal(post, cache["resid_pre", layer + 1])
+    # per-head result sums to attn_out (with the bias)
+    bridge.use_attn_result = True
+    _, cache = bridge.run_with_cache(PROMPT, names_filter=lambda n: "blocks.0." in n)
+    bias = bridge.model.get_submodule(f"{bridge.adapter.blocks}.0.{bridge.adapter.attn_out_proj}").bias
+    total = cache["result", 0].sum(-2) + (bias if bias is not None else 0)
+    close(total, cache["attn_out", 0], 1e-5)
+    pattern = cache["pattern", 0]
+    close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), 1e-6)
+    assert torch.isneginf(cache["attn_scores", 0][0, 0, 0, 1])  # masked future key
+
+
+def test_padding_equivalence_left_and_right(bridge):
+    prompts = ["The cat sat", "When Mary and John went home"]
+    singles = [bridge(p)[0] for p in prompts]
+    for side in ("left", "right"):
+        tokens = bridge.to_tokens(prompts, padding_side=side)
+        logits = bridge(prompts, padding_side=side)
+        for i, single in enumerate(singles):
+            n = single.shape[0]
+            got = logits[i, :n] if side == "right" else logits[i, tokens.shape[1] - n:]
+            close(got, single, 1e-5)
+
+
+def test_loss_matches_manual_cross_entropy(bridge):
+    tokens = bridge.to_tokens(PROMPT)
+    logits = bridge(tokens)
+    ref = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:])
+    close(bridge(tokens, return_type="loss"), ref, 1e-6)
+    out = bridge(tokens, return_type="both")
+    close(out.loss, ref, 1e-6)
+    assert bridge(tokens, return_type="loss", loss_per_token=True).shape == (1, tokens.shape[1] - 1)
+
+
+def test_stop_at_layer_returns_residual(bridge):
+    _, cache = bridge.run_with_cache(PROMPT)  # eager attention; the plain run uses SDPA
+    close(bridge(PROMPT, stop_at_layer=1), cache["resid_pre", 1], 1e-5)
+    assert torch.equal(bridge(PROMPT, stop_at_layer=0), cache["resid_pre", 0])
+    final = bridge(PROMPT, stop_at_layer=bridge.cfg.n_layers)
+    close(final, cache["resid_post", -1], 1e-5)
+    assert no_torch_hooks(bridge.model)

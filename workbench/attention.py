@@ -1,0 +1,142 @@
+"""The bridge's attention function, registered in transformers' attention interface.
+
+HF decoder families compute Q, K, V (and apply rotary) in their own modules, then call the
+function named by ``config._attn_implementation`` with ``query [batch, n_heads, q_pos, d_head]``,
+``key/value [batch, n_kv_heads, k_pos, d_head]`` and a mask. We register ``"workbench"`` there:
+
+- when no hook point of that layer's attention internals has a function, it calls HF's own SDPA
+  function unchanged (a plain run stays on the fused kernel);
+- otherwise it runs the eager computation itself and fires ``hook_q``, ``hook_k``, ``hook_v``
+  (post-rotary, ``[batch, pos, heads, d_head]``), ``hook_attn_scores`` (pre-softmax, masked
+  entries ``-inf``, ``[batch, n_heads, q_pos, k_pos]``), ``hook_pattern`` (post-softmax) and
+  ``hook_z`` (``[batch, pos, n_heads, d_head]``), each readable and writable, numerically equal
+  to HF's eager path.
+
+Masks are built by HF's SDPA mask builder (a boolean ``[batch, 1, q, k]`` mask, True = attend, or
+None for a plain causal run), registered under the same name.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .hook_points import HookPoint
+
+ATTN_IMPLEMENTATION = "workbench"
+
+
+@dataclass
+class AttentionSite:
+    """The attention hook points of one layer, and how to present grouped K/V."""
+
+    q: HookPoint
+    k: HookPoint
+    v: HookPoint
+    scores: HookPoint
+    pattern: HookPoint
+    z: HookPoint
+    ungroup_kv: bool = False  # show K/V hooks per query head
+
+    def wants_internals(self) -> bool:
+        return (self.q.active or self.k.active or self.v.active or self.scores.active
+                or self.pattern.active or self.z.active)
+
+
+# attention module -> its site; weak so a dropped model frees its entry
+_SITES: weakref.WeakKeyDictionary[nn.Module, AttentionSite] = weakref.WeakKeyDictionary()
+
+
+def register_site(module: nn.Module, site: AttentionSite) -> None:
+    _SITES[module] = site
+
+
+def site_of(module: nn.Module) -> AttentionSite | None:
+    return _SITES.get(module)
+
+
+def ensure_registered() -> None:
+    """Register the ``"workbench"`` attention and mask functions with transformers (idempotent)."""
+    if ATTN_IMPLEMENTATION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTN_IMPLEMENTATION, workbench_attention)
+    if ATTN_IMPLEMENTATION not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+
+
+def workbench_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, attention_mask: torch.Tensor | None,
+                        scaling: float | None = None, dropout: float = 0.0, **kwargs):
+    """The registered function. Shapes: query ``[b, h, q, d]``, key/value ``[b, h_kv, k, d]``;
+    returns ``(z [b, q, h, d], pattern [b, h, q, k] or None)``."""
+    site = _SITES.get(module)
+    if site is None or not site.wants_internals():
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    return hooked_eager_attention(site, module, query, key, value, attention_mask,
+                                  scaling=scaling, dropout=dropout,
+                                  softcap=kwargs.get("softcap"))
+
+
+def _repeat_heads(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:
+    """Repeat each K/V head ``groups`` times along ``dim`` (query head h uses K/V head h // g)."""
+    return x if groups == 1 else torch.repeat_interleave(x, groups, dim=dim)
+
+
+def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int,
+             device: torch.device) -> torch.Tensor:
+    """Boolean ``[b or 1, 1, q, k]``: True where a query may attend to a key."""
+    if mask is None:  # plain causal run; queries are the last q_len of k_len positions
+        return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
+    if mask.dtype == torch.bool:
+        return mask[..., :q_len, :k_len]
+    return mask[..., :q_len, :k_len] > torch.finfo(mask.dtype).min / 2
+
+
+def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.Tensor,
+                           key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, *, scaling: float | None,
+                           dropout: float, softcap: float | None = None):
+    """Eager attention with every internal hook point fired (shapes as in the module doc)."""
+    n_heads, n_kv = query.shape[1], key.shape[1]
+    groups = n_heads // n_kv
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+
+    if site.q.active:
+        query = site.q.fire(query.transpose(1, 2)).transpose(1, 2)
+    if site.ungroup_kv and groups > 1 and (site.k.active or site.v.active):
+        key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
+        groups = 1
+    if site.k.active:
+        key = site.k.fire(key.transpose(1, 2)).transpose(1, 2)
+    if site.v.active:
+        value = site.v.fire(value.transpose(1, 2)).transpose(1, 2)
+    key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
+
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        scores = scores + attention_mask[..., : key.shape[-2]]  # additive (e.g. ALiBi) masks
+    allowed = _allowed(attention_mask, query.shape[2], key.shape[2], query.device)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    if site.scores.active:
+        scores = site.scores.fire(scores)
+
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if not bool(allowed.any(-1).all()):  # rows with nothing to attend to (padding queries)
+        pattern = pattern.nan_to_num(0.0)
+    pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    if site.pattern.active:
+        pattern = site.pattern.fire(pattern)
+
+    z = torch.matmul(pattern, value).transpose(1, 2)
+    if site.z.active:
+        z = site.z.fire(z)
+    return z.contiguous(), pattern

@@ -1,0 +1,361 @@
+"""``Bridge``: a HuggingFace causal LM behind TransformerLens-named hook points.
+
+The HF module tree runs as it is; the bridge only adds hook points (see ``taps.py``) and routes
+attention through its own registered function (see ``attention.py``). Hook bookkeeping lives in
+``registry.py``, tokenising in ``tokens.py``, caches in ``cache.py``, loading in ``loading.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, adapter_for
+from .attention import ATTN_IMPLEMENTATION, ensure_registered
+from .cache import ActivationCache
+from .config import BridgeConfig
+from .errors import InputError, TokenizerError, UnsupportedModelError
+from .hook_points import AttachedHook, HookFn
+from .registry import HookRegistry, HookSpec, NameFilter
+from .taps import RunState, build_hook_points, get_module
+from .tokens import Encoded, decode_each, encode, need_tokenizer, positions_from_mask
+
+
+class ForwardOutput(NamedTuple):
+    """``return_type="both"``: logits ``[batch, pos, d_vocab]`` and the mean loss (scalar)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor
+
+
+class _Stop(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+class Bridge:
+    """A wrapped HF model. Build it with :meth:`from_pretrained` or :meth:`from_hf`."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, adapter: Adapter) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        param = next(model.parameters())
+        self.cfg = BridgeConfig(
+            model_type=model.config.model_type, positional_embedding_type=adapter.positional,
+            normalization_type=adapter.normalization, dtype=param.dtype, device=param.device,
+            **adapter.read_config(model.config),
+        )
+        self._state = RunState()
+        points, self._sites = build_hook_points(model, adapter, self.cfg, self._state)
+        self._hooks = HookRegistry(points, self.cfg)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, model: nn.Module, tokenizer: Any = None) -> Bridge:
+        """Wrap an already-loaded HF causal LM. Its attention implementation is switched to the
+        bridge's (``"workbench"``), which equals eager when hooks read attention internals and
+        runs SDPA otherwise."""
+        config = getattr(model, "config", None)
+        if config is None:
+            raise UnsupportedModelError(
+                f"Expected a transformers PreTrainedModel; got {type(model).__name__}."
+            )
+        adapter = adapter_for(config.model_type)
+        try:
+            get_module(model, adapter.blocks)
+            get_module(model, adapter.unembed)
+        except AttributeError as err:
+            raise UnsupportedModelError(
+                f"Expected a causal LM with modules {adapter.blocks!r} and {adapter.unembed!r} "
+                f"(e.g. AutoModelForCausalLM); got {type(model).__name__}. Load it with "
+                "AutoModelForCausalLM."
+            ) from err
+        ensure_registered()
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        return cls(model, tokenizer, adapter)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, device_map: Any = None,
+                        revision: str | None = None, trust_remote_code: bool = False) -> Bridge:
+        """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it."""
+        from .loading import load
+
+        model, tokenizer = load(name_or_path, device=device, dtype=dtype, device_map=device_map,
+                                revision=revision, trust_remote_code=trust_remote_code)
+        return cls.from_hf(model, tokenizer)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Bridge({c.model_type}: {c.n_layers} layers, {c.n_heads} heads "
+                f"({c.n_kv_heads} kv), d_model {c.d_model}, {len(self._hooks.points)} hook points)")
+
+    # -- hook points -----------------------------------------------------------------------
+    @property
+    def use_attn_result(self) -> bool:
+        """Include ``attn.hook_result`` ([batch, pos, n_heads, d_model]) in filters that do not
+        name it (off by default: it costs n_heads x the memory of hook_attn_out)."""
+        return self._hooks.use_attn_result
+
+    @use_attn_result.setter
+    def use_attn_result(self, value: bool) -> None:
+        self._hooks.use_attn_result = bool(value)
+
+    @property
+    def ungroup_grouped_query_attention(self) -> bool:
+        """Show ``hook_k``/``hook_v`` per query head ([.., n_heads, d_head]) on GQA models."""
+        return self._sites[0].ungroup_kv if self._sites else False
+
+    @ungroup_grouped_query_attention.setter
+    def ungroup_grouped_query_attention(self, value: bool) -> None:
+        for site in self._sites:
+            site.ungroup_kv = bool(value)
+
+    def hook_names(self) -> list[str]:
+        """Every hook point of this model, in the order the forward pass meets them."""
+        return list(self._hooks.points)
+
+    def hook_info(self, name: str, seq_len: int = 1):
+        """Shape template and memory of one hook point (see :class:`HookInfo`)."""
+        from .hook_info import hook_info
+
+        self._hooks.point(name)
+        return hook_info(name, self.cfg, self.ungroup_grouped_query_attention, seq_len)
+
+    def add_hook(self, name_or_filter: str | Callable[[str], bool], fn: HookFn, dir: str = "fwd",
+                 is_permanent: bool = False) -> list[AttachedHook]:
+        """Attach ``fn(tensor, hook)`` to a name or to every name a predicate accepts; returns
+        the attached entries (pass them to :meth:`remove_hooks` to detach exactly those)."""
+        return self._hooks.add(name_or_filter, fn, dir, is_permanent)
+
+    def remove_hooks(self, entries: Sequence[AttachedHook]) -> None:
+        self._hooks.remove(entries)
+
+    def reset_hooks(self, including_permanent: bool = False) -> None:
+        """Detach every non-permanent hook (and the permanent ones if asked)."""
+        self._hooks.reset(including_permanent)
+
+    def attached_hooks(self) -> list[AttachedHook]:
+        """What is attached right now (name, direction, fn, permanent)."""
+        return self._hooks.attached()
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[HookSpec] = (),
+              bwd_hooks: Sequence[HookSpec] = ()) -> Iterator[Bridge]:
+        """``with bridge.hooks(fwd_hooks=[(name, fn)]):`` attaches for the block only."""
+        with self._hooks.temporary(fwd_hooks, bwd_hooks):
+            yield self
+
+    # -- running ---------------------------------------------------------------------------
+    def __call__(self, input, return_type: str | None = "logits", *,
+                 attention_mask: torch.Tensor | None = None, stop_at_layer: int | None = None,
+                 prepend_bos: bool | None = None, padding_side: str | None = None,
+                 loss_per_token: bool = False):
+        """Run the model. ``input``: a string, a list of strings, or token ids ``[batch, pos]``
+        (or ``[pos]``). Returns logits ``[batch, pos, d_vocab]`` ("logits"), the mean next-token
+        loss ("loss"; ``[batch, pos-1]`` with ``loss_per_token``), a ``ForwardOutput`` ("both")
+        or None. With ``stop_at_layer=L`` returns the residual stream entering block L
+        ``[batch, pos, d_model]`` instead (L == n_layers: before the final norm)."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(
+                f"return_type must be 'logits', 'loss', 'both' or None; got {return_type!r}."
+            )
+        enc = self._encode_input(input, attention_mask, prepend_bos, padding_side)
+        kwargs: dict[str, Any] = {"input_ids": enc.tokens, "use_cache": False}
+        if enc.padded:
+            kwargs["attention_mask"] = enc.attention_mask
+            kwargs["position_ids"] = positions_from_mask(enc.attention_mask)
+        stop = self._stop_handle(stop_at_layer)
+        self._state.clear()
+        try:
+            out = self.model(**kwargs)
+        except _Stop as s:
+            return s.value
+        finally:
+            if stop is not None:
+                stop.remove()
+            self._state.clear()
+        logits = out.logits
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss_fn(logits, enc.tokens, enc.attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else ForwardOutput(logits, loss)
+
+    forward = __call__
+
+    def _stop_handle(self, stop_at_layer: int | None):
+        if stop_at_layer is None:
+            return None
+        n = self.cfg.n_layers
+        if not isinstance(stop_at_layer, int) or not -n <= stop_at_layer <= n:
+            raise InputError(f"stop_at_layer must be an int in [-{n}, {n}]; got {stop_at_layer!r}.")
+        layer = stop_at_layer % (n + 1) if stop_at_layer >= 0 else n + stop_at_layer
+        module = (get_module(self.model, self.adapter.ln_final) if layer == n
+                  else get_module(self.model, self.adapter.blocks)[layer])
+
+        def raise_stop(mod, args, kwargs):
+            raise _Stop(args[0] if args else kwargs["hidden_states"])
+        return module.register_forward_pre_hook(raise_stop, with_kwargs=True)
+
+    @staticmethod
+    def loss_fn(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                per_token: bool = False) -> torch.Tensor:
+        """Next-token cross-entropy. logits ``[b, p, v]``, tokens ``[b, p]``; padded positions
+        (mask 0) are left out. Returns a scalar, or ``[b, p-1]`` with ``per_token``."""
+        if tokens.shape[1] < 2:
+            raise InputError("The loss needs at least 2 tokens per prompt; got 1.")
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -logp.gather(-1, tokens[:, 1:, None].to(logp.device))[..., 0]
+        if attention_mask is None:
+            valid = torch.ones_like(nll, dtype=torch.bool)
+        else:
+            m = attention_mask.to(nll.device).bool()
+            valid = m[:, 1:] & m[:, :-1]
+        nll = nll * valid
+        return nll if per_token else nll.sum() / valid.sum().clamp_min(1)
+
+    def run_with_hooks(self, input, fwd_hooks: Sequence[HookSpec] = (),
+                       bwd_hooks: Sequence[HookSpec] = (), **forward_kwargs):
+        """Run once with temporary hooks (detached afterwards, whatever happens). Backward
+        hooks are attached to the activations of this run and fire when you call backward."""
+        with self._hooks.temporary(fwd_hooks, bwd_hooks):
+            return self(input, **forward_kwargs)
+
+    def run_with_cache(self, input, names_filter: NameFilter = None,
+                       device: str | torch.device | None = None, remove_batch_dim: bool = False,
+                       incl_bwd: bool = False, **forward_kwargs):
+        """Run once and keep the chosen activations: returns ``(output, ActivationCache)``.
+        ``device`` is where cached tensors are stored (default: where they were made). With
+        ``incl_bwd`` the output must be a scalar (e.g. ``return_type="loss"``); its gradient
+        w.r.t. every cached activation is stored as ``name + "_grad"``."""
+        store: dict[str, torch.Tensor] = {}
+
+        def save(tensor, hook):
+            store[hook.name] = tensor.detach() if device is None else tensor.detach().to(device)
+
+        def save_grad(grad, hook):
+            g = grad.detach()
+            store[hook.name + "_grad"] = g if device is None else g.to(device)
+
+        points = self._hooks.select(names_filter)
+        fwd = [(p.name, save) for p in points]
+        bwd = [(p.name, save_grad) for p in points] if incl_bwd else []
+        with self._hooks.temporary(fwd, bwd):
+            if not incl_bwd:
+                out = self(input, **forward_kwargs)
+            else:
+                with torch.enable_grad():
+                    out = self(input, **forward_kwargs)
+                    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+                        raise InputError(
+                            "incl_bwd=True differentiates the output, which must be a scalar; "
+                            "pass return_type='loss'."
+                        )
+                    out.backward()
+        cache = ActivationCache(store, self.cfg.n_layers)
+        return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def _encode_input(self, input, attention_mask, prepend_bos, padding_side) -> Encoded:
+        if isinstance(input, (str, list, tuple)):
+            if attention_mask is not None:
+                raise InputError("attention_mask is built from text input; pass it only with "
+                                 "token ids.")
+            enc = encode(self.tokenizer, input, prepend_bos=prepend_bos,
+                         padding_side=padding_side)
+        elif isinstance(input, torch.Tensor):
+            enc = self._check_token_tensor(input, attention_mask)
+        else:
+            raise InputError(f"Input must be a string, a list of strings or a token tensor; got "
+                             f"{type(input).__name__}.")
+        if enc.tokens.shape[1] > self.cfg.n_ctx:
+            raise InputError(
+                f"The prompt is {enc.tokens.shape[1]} tokens long; this model's context is "
+                f"{self.cfg.n_ctx} tokens. Shorten the prompt (or slice the tokens)."
+            )
+        device = get_module(self.model, self.adapter.embed).weight.device
+        return Encoded(enc.tokens.to(device), enc.attention_mask.to(device))
+
+    def _check_token_tensor(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise InputError(f"Token ids must be an integer tensor; got {tokens.dtype}.")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+            mask = None if mask is None else mask.reshape(1, -1)
+        if tokens.ndim != 2 or tokens.numel() == 0:
+            raise InputError(f"Token ids must be a non-empty [batch, pos] tensor; got shape "
+                             f"{tuple(tokens.shape)}.")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            raise InputError(
+                f"Token ids must lie in [0, {self.cfg.d_vocab - 1}] (the vocabulary); got ids from "
+                f"{lo} to {hi}. Check the tokenizer matches the model."
+            )
+        if mask is None:
+            mask = torch.ones_like(tokens)
+        elif mask.shape != tokens.shape:
+            raise InputError(f"attention_mask has shape {tuple(mask.shape)}; expected the tokens' "
+                             f"shape {tuple(tokens.shape)}.")
+        return Encoded(tokens.long(), mask.long())
+
+    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None,
+                  padding_side: str | None = None) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` (padded on ``padding_side``, default right)."""
+        return self._encode_input(text, None, prepend_bos, padding_side).tokens
+
+    def to_str_tokens(self, input, prepend_bos: bool | None = None):
+        """One string per token: a list for one prompt or a 1-D / [1, pos] tensor; a list of
+        lists for a list of prompts (padding dropped)."""
+        if isinstance(input, (list, tuple)):
+            enc = encode(self.tokenizer, input, prepend_bos=prepend_bos, padding_side="right")
+            return [decode_each(self.tokenizer, row[m.bool()].tolist())
+                    for row, m in zip(enc.tokens, enc.attention_mask)]
+        if isinstance(input, str):
+            input = self.to_tokens(input, prepend_bos=prepend_bos)
+        tokens = torch.as_tensor(input).squeeze()
+        if tokens.ndim > 1:
+            raise InputError(f"to_str_tokens takes one prompt; got token shape "
+                             f"{tuple(torch.as_tensor(input).shape)}.")
+        return decode_each(self.tokenizer, tokens.reshape(-1).tolist())
+
+    def to_string(self, tokens) -> str | list[str]:
+        """Decode ``[pos]`` to a string, or ``[batch, pos]`` to a list of strings."""
+        tok = need_tokenizer(self.tokenizer, "to_string")
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [tok.decode(r.tolist(), clean_up_tokenization_spaces=False) for r in tokens]
+        return tok.decode(tokens.reshape(-1).tolist(), clean_up_tokenization_spaces=False)
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (no BOS)."""
+        ids = self.to_tokens(string, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            raise TokenizerError(
+                f"{string!r} is {ids.numel()} tokens, not one: "
+                f"{decode_each(self.tokenizer, ids.tolist())}. Pick a string that is one token "
+                "(mind the leading space)."
+            )
+        return int(ids[0])
+
+    def get_token_position(self, single_token: str | int, input, mode: str = "first",
+                           prepend_bos: bool | None = None) -> int:
+        """Index of the first (or last) occurrence of a token in one prompt."""
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', not {mode!r}.")
+        tokens = (self.to_tokens(input, prepend_bos=prepend_bos) if isinstance(input, str)
+                  else torch.as_tensor(input))
+        tokens = tokens.reshape(-1) if tokens.ndim == 1 or tokens.shape[0] == 1 else None
+        if tokens is None:
+            raise InputError("get_token_position takes one prompt ([pos] or [1, pos]).")
+        tid = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        hits = (tokens == tid).nonzero().flatten()
+        if hits.numel() == 0:
+            raise InputError(f"Token {single_token!r} (id {tid}) does not occur in the prompt.")
+        return int(hits[0] if mode == "first" else hits[-1])

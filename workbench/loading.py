@@ -1,0 +1,42 @@
+"""Loading a model by hub name or local folder: one code path for both."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .adapters import adapter_for
+from .attention import ATTN_IMPLEMENTATION, ensure_registered
+from .errors import InputError
+
+
+def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
+         device_map: Any = None, revision: str | None = None,
+         trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)``; the tokenizer is None when the folder has none. ``dtype``
+    defaults to float32; ``trust_remote_code`` is never turned on implicitly."""
+    if device is not None and device_map is not None:
+        raise InputError("Pass either device= or device_map=, not both.")
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    adapter_for(config.model_type)  # unsupported types fail before any weights load
+    ensure_registered()
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+        dtype=dtype or torch.float32, device_map=device_map,
+        attn_implementation=ATTN_IMPLEMENTATION,
+    )
+    if device is not None:
+        model.to(device)
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        warnings.warn(f"No tokenizer loaded for {name_or_path!r} ({err}); pass token ids.",
+                      stacklevel=3)
+        tokenizer = None
+    return model, tokenizer

@@ -1,0 +1,221 @@
+"""Build the hook points of a wrapped model: which HF module each name taps, and how.
+
+Every name maps to PyTorch forward (pre-)hooks on the HF modules the adapter names:
+
+==============================  ==============================================================
+``hook_embed``                  output of the token embedding
+``hook_pos_embed``              output of the learned position embedding (absent with rotary)
+``blocks.L.hook_resid_pre``     the block's input (pre-hook on the block)
+``blocks.L.hook_resid_mid``     input of ln2 (sequential blocks only); a write is carried into
+                                the block's output too, so everything downstream sees it
+``blocks.L.hook_resid_post``    the block's output
+``blocks.L.hook_attn_out``      attention module's output (after W_O and its bias)
+``blocks.L.hook_mlp_out``       MLP module's output
+``blocks.L.ln1|ln2.hook_*``     ``hook_scale [b, p, 1]`` and ``hook_normalized [b, p, d_model]``
+``ln_final.hook_*``             (recomputed from the norm's input; the output is rebuilt only if
+                                a function replaced one of them)
+``blocks.L.mlp.hook_pre``       pre-activation (output of W_in, or of W_gate when gated)
+``blocks.L.mlp.hook_pre_linear`` output of W_in (the "up" projection) in gated MLPs
+``blocks.L.mlp.hook_post``      input of W_out
+``blocks.L.attn.hook_result``   per-head output ``[b, p, n_heads, d_model]`` (W_O split by head)
+``blocks.L.attn.hook_q`` ...    attention internals: fired by the attention function
+==============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import Adapter
+from .attention import AttentionSite, register_site
+from .config import BridgeConfig
+from .hook_points import HookPoint, Tap
+
+
+@dataclass
+class RunState:
+    """Per-forward scratch: pending ``hook_resid_mid`` writes, by layer."""
+
+    mid_delta: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.mid_delta.clear()
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """``root.a.b.0.c`` from ``"a.b.0.c"``."""
+    return root.get_submodule(path)
+
+
+def _first_arg(args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | None]:
+    """The module's first input and the keyword it came under (None if positional)."""
+    if args:
+        return args[0], None
+    key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+    return kwargs[key], key
+
+
+def _with_first_arg(args: tuple, kwargs: dict, key: str | None, value: torch.Tensor):
+    if key is None:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, key: value}
+
+
+def _replace_output(output, value: torch.Tensor):
+    if isinstance(output, tuple):
+        return (value, *output[1:])
+    return value
+
+
+def _main(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _post_tap(module: nn.Module, point: HookPoint) -> Tap:
+    """A forward hook firing one point on the module's (first) output."""
+    def fn(mod, args, kwargs, output):
+        value = _main(output)
+        new = point.fire(value)
+        return None if new is value else _replace_output(output, new)
+    return Tap(module, "post", fn)
+
+
+def _pre_tap(module: nn.Module, point: HookPoint) -> Tap:
+    """A forward pre-hook firing one point on the module's first input."""
+    def fn(mod, args, kwargs):
+        value, key = _first_arg(args, kwargs)
+        new = point.fire(value)
+        return None if new is value else _with_first_arg(args, kwargs, key, new)
+    return Tap(module, "pre", fn)
+
+
+def _norm_tap(module: nn.Module, kind: str, eps: float, scale_p: HookPoint,
+              norm_p: HookPoint) -> Tap:
+    """Recompute a norm's ``hook_scale`` / ``hook_normalized`` from its input (fp32 math)."""
+    def fn(mod, args, kwargs, output):
+        x, _ = _first_arg(args, kwargs)
+        x32 = x.float()
+        if kind == "LN":
+            x32 = x32 - x32.mean(-1, keepdim=True)
+        scale = (x32.pow(2).mean(-1, keepdim=True) + eps).sqrt().to(x.dtype)
+        new_scale = scale_p.fire(scale)
+        normalized = (x32 / new_scale.float()).to(x.dtype)
+        new_norm = norm_p.fire(normalized)
+        if new_scale is scale and new_norm is normalized:
+            return None  # read-only: keep HF's own output bit for bit
+        out = new_norm * mod.weight if getattr(mod, "weight", None) is not None else new_norm
+        bias = getattr(mod, "bias", None)
+        return out + bias if bias is not None else out
+    return Tap(module, "post", fn)
+
+
+def _norm_eps(module: nn.Module, default: float) -> float:
+    for attr in ("eps", "variance_epsilon"):
+        if isinstance(getattr(module, attr, None), float):
+            return getattr(module, attr)
+    return default
+
+
+def _result_tap(module: nn.Module, cfg: BridgeConfig, layout: str, point: HookPoint) -> Tap:
+    """Split W_O by head: ``result[b, p, h, :] = z[b, p, h, :] @ W_O[h]``; the projection's
+    output becomes ``result.sum(heads) + b_O`` only when a function replaced the result."""
+    h, d = cfg.n_heads, cfg.d_head
+
+    def fn(mod, args, kwargs, output):
+        z, _ = _first_arg(args, kwargs)  # [b, p, h*d]
+        weight = mod.weight  # linear: [d_model, h*d]; conv1d: [h*d, d_model]
+        w_o = (weight.T if layout == "linear" else weight).reshape(h, d, -1)
+        result = torch.einsum("bphd,hdm->bphm", z.reshape(*z.shape[:-1], h, d), w_o)
+        new = point.fire(result)
+        if new is result:
+            return None
+        out = new.sum(-2)
+        return out + mod.bias if getattr(mod, "bias", None) is not None else out
+    return Tap(module, "post", fn)
+
+
+def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
+                      state: RunState) -> tuple[dict[str, HookPoint], list[AttentionSite]]:
+    """All hook points of ``model`` (ordered as the forward pass meets them) and the attention
+    sites registered with the attention function."""
+    points: dict[str, HookPoint] = {}
+
+    def point(name: str) -> HookPoint:
+        points[name] = p = HookPoint(name)
+        return p
+
+    def post(module, name):
+        p = point(name)
+        p.taps = (_post_tap(module, p),)
+
+    def pre(module, name):
+        p = point(name)
+        p.taps = (_pre_tap(module, p),)
+
+    def norm(module, prefix):
+        s, n = point(f"{prefix}.hook_scale"), point(f"{prefix}.hook_normalized")
+        s.taps = n.taps = (_norm_tap(module, cfg.normalization_type,
+                                     _norm_eps(module, cfg.eps), s, n),)
+
+    post(get_module(model, adapter.embed), "hook_embed")
+    if adapter.pos_embed is not None:
+        post(get_module(model, adapter.pos_embed), "hook_pos_embed")
+
+    sites = []
+    for L, block in enumerate(get_module(model, adapter.blocks)):
+        pre(block, f"blocks.{L}.hook_resid_pre")
+        norm(get_module(block, adapter.ln1), f"blocks.{L}.ln1")
+        site = AttentionSite(*(point(f"blocks.{L}.attn.hook_{s}")
+                               for s in ("q", "k", "v", "attn_scores", "pattern", "z")))
+        register_site(get_module(block, adapter.attn), site)
+        sites.append(site)
+        result = point(f"blocks.{L}.attn.hook_result")
+        result.taps = (_result_tap(get_module(block, adapter.attn_out_proj), cfg,
+                                   adapter.linear_layout, result),)
+        post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out")
+        resid_post = HookPoint(f"blocks.{L}.hook_resid_post")  # placed in order below
+        block_post = _block_post_tap(block, L, state, resid_post)
+        resid_post.taps = (block_post,)
+        if not cfg.parallel_attn_mlp:
+            mid = point(f"blocks.{L}.hook_resid_mid")
+            mid.taps = (_mid_tap(get_module(block, adapter.ln2), L, state, mid), block_post)
+        norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
+        if adapter.mlp_gate is not None:
+            post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
+            post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
+        else:
+            post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre")
+        pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
+        post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out")
+        points[resid_post.name] = resid_post
+    norm(get_module(model, adapter.ln_final), "ln_final")
+    return points, sites
+
+
+def _mid_tap(ln2: nn.Module, layer: int, state: RunState, point: HookPoint) -> Tap:
+    """Fire ``hook_resid_mid`` on ln2's input; remember a write as a delta for the block output
+    (the block adds its MLP output to the residual it kept, not to ln2's input)."""
+    def fn(mod, args, kwargs):
+        x, key = _first_arg(args, kwargs)
+        new = point.fire(x)
+        if new is x:
+            return None
+        state.mid_delta[layer] = new - x
+        return _with_first_arg(args, kwargs, key, new)
+    return Tap(ln2, "pre", fn)
+
+
+def _block_post_tap(block: nn.Module, layer: int, state: RunState, point: HookPoint) -> Tap:
+    """Apply a pending ``hook_resid_mid`` write, then fire ``hook_resid_post``."""
+    def fn(mod, args, kwargs, output):
+        value = _main(output)
+        new = value
+        delta = state.mid_delta.pop(layer, None)
+        if delta is not None:
+            new = new + delta
+        new = point.fire(new)
+        return None if new is value else _replace_output(output, new)
+    return Tap(block, "post", fn)
