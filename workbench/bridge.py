@@ -16,7 +16,7 @@ from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .attention import ATTN_IMPLEMENTATION, ensure_registered
-from .cache import ActivationCache
+from .cache import ActivationCache, CacheContext
 from .config import BridgeConfig
 from .errors import InputError, TokenizerError, UnsupportedModelError
 from .hook_points import AttachedHook, HookFn
@@ -53,6 +53,13 @@ class Bridge:
         self._state = RunState()
         points, self._sites = build_hook_points(model, adapter, self.cfg, self._state)
         self._hooks = HookRegistry(points, self.cfg)
+        blocks = get_module(model, adapter.blocks)
+        self._cache_context = CacheContext(
+            normalization_type=adapter.normalization, n_heads=self.cfg.n_heads,
+            d_head=self.cfg.d_head, W_U=get_module(model, adapter.unembed).weight.detach().T,
+            o_weights=tuple(get_module(b, adapter.attn_out_proj).weight.detach() for b in blocks),
+            o_layout=adapter.linear_layout,
+        )
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -172,6 +179,7 @@ class Bridge:
             kwargs["position_ids"] = positions_from_mask(enc.attention_mask)
         stop = self._stop_handle(stop_at_layer)
         self._state.clear()
+        self._state.batch_size = enc.tokens.shape[0]
         try:
             out = self.model(**kwargs)
         except _Stop as s:
@@ -237,12 +245,17 @@ class Bridge:
         w.r.t. every cached activation is stored as ``name + "_grad"``."""
         store: dict[str, torch.Tensor] = {}
 
+        def keep(tensor):  # a view into a bigger buffer (fused QKV) is copied, so the cache
+            t = tensor.detach()  # holds exactly the bytes it shows
+            if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+                t = t.clone()
+            return t if device is None else t.to(device)
+
         def save(tensor, hook):
-            store[hook.name] = tensor.detach() if device is None else tensor.detach().to(device)
+            store[hook.name] = keep(tensor)
 
         def save_grad(grad, hook):
-            g = grad.detach()
-            store[hook.name + "_grad"] = g if device is None else g.to(device)
+            store[hook.name + "_grad"] = keep(grad)
 
         points = self._hooks.select(names_filter)
         fwd = [(p.name, save) for p in points]
@@ -259,7 +272,7 @@ class Bridge:
                             "pass return_type='loss'."
                         )
                     out.backward()
-        cache = ActivationCache(store, self.cfg.n_layers)
+        cache = ActivationCache(store, self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
     # -- tokens ----------------------------------------------------------------------------

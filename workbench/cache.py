@@ -8,6 +8,7 @@ few facts about the model's shape (number of layers), never the model itself.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -15,15 +16,54 @@ from .errors import HookNameError, InputError
 from .names import act_name
 
 
+@dataclass(frozen=True)
+class CacheContext:
+    """The facts about the model that the decompositions need (weights are the model's own
+    tensors, not copies): ``W_U [d_model, d_vocab]`` and each layer's output projection weight
+    as stored (``o_layout`` "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
+
+    normalization_type: str  # "LN" (centre, then scale) or "RMS" (scale only)
+    n_heads: int
+    d_head: int
+    W_U: torch.Tensor
+    o_weights: tuple[torch.Tensor, ...]
+    o_layout: str
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """``[n_heads, d_head, d_model]`` of one layer."""
+        w = self.o_weights[layer]
+        return (w.T if self.o_layout == "linear" else w).reshape(self.n_heads, self.d_head, -1)
+
+
+def _pos(t: torch.Tensor, pos_slice, dim: int = -2) -> torch.Tensor:
+    """Select positions along ``dim``: an int drops the dimension, a slice/list/tensor keeps it."""
+    if pos_slice is None:
+        return t
+    if isinstance(pos_slice, int):
+        return t.select(dim, pos_slice)
+    if isinstance(pos_slice, slice):
+        index = torch.arange(t.shape[dim], device=t.device)[pos_slice]
+    else:
+        index = torch.as_tensor(pos_slice, device=t.device)
+    return t.index_select(dim, index)
+
+
 class ActivationCache(Mapping[str, torch.Tensor]):
     """A read-only mapping from hook name to a detached tensor (shapes as the hook saw them,
     with a leading batch dimension unless ``has_batch_dim`` is False)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], n_layers: int,
-                 has_batch_dim: bool = True) -> None:
+                 has_batch_dim: bool = True, context: CacheContext | None = None) -> None:
         self._tensors = dict(tensors)
         self.n_layers = n_layers
         self.has_batch_dim = has_batch_dim
+        self.context = context
+
+    def _ctx(self, what: str) -> CacheContext:
+        if self.context is None:
+            raise InputError(f"{what} needs the model's weights; this cache was built without "
+                             "them. Use a cache from bridge.run_with_cache.")
+        return self.context
 
     def _name(self, key) -> str:
         if isinstance(key, str):
@@ -67,7 +107,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def to(self, device: str | torch.device) -> ActivationCache:
         """A copy of the cache with every tensor on ``device``."""
         return ActivationCache({k: v.to(device) for k, v in self._tensors.items()},
-                               self.n_layers, self.has_batch_dim)
+                               self.n_layers, self.has_batch_dim, self.context)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the leading batch dimension (the batch must have size 1)."""
@@ -80,8 +120,137 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                     "Run one prompt, or index the batch yourself."
                 )
         return ActivationCache({k: v[0] for k, v in self._tensors.items()}, self.n_layers,
-                               has_batch_dim=False)
+                               has_batch_dim=False, context=self.context)
 
     def stack_activation(self, name: str) -> torch.Tensor:
         """``[n_layers, ...]``: one short-named activation (e.g. "resid_post") of every layer."""
         return torch.stack([self[name, layer] for layer in range(self.n_layers)])
+
+    # -- residual-stream decompositions (TransformerLens conveniences) ----------------------
+    def _layer_arg(self, layer: int | None) -> int:
+        n = self.n_layers
+        if layer is None or layer == -1:
+            return n
+        if not 0 <= layer <= n:
+            raise InputError(f"layer must be in [0, {n}] (or None / -1 for all); got {layer}.")
+        return layer
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False,
+                          apply_ln: bool = False, pos_slice=None, mlp_input: bool = False,
+                          return_labels: bool = False):
+        """The residual stream as it builds up: ``resid_pre`` of layers ``0..layer-1`` (plus
+        ``resid_mid`` with ``incl_mid``) and, for ``layer=None``, the final ``resid_post``.
+        Shape ``[components, batch, pos, d_model]``; labels like "3_pre", "3_mid", "final_post".
+        """
+        layer = self._layer_arg(layer)
+        parts, labels = [], []
+        for L in range(layer):
+            parts.append(self["resid_pre", L])
+            labels.append(f"{L}_pre")
+            if incl_mid and ("resid_mid", L) in self:
+                parts.append(self["resid_mid", L])
+                labels.append(f"{L}_mid")
+        if mlp_input and layer < self.n_layers:
+            parts.append(self["resid_mid", layer])
+            labels.append(f"{layer}_mid")
+        if layer == self.n_layers:
+            parts.append(self["resid_post", self.n_layers - 1])
+            labels.append("final_post")
+        stack = _pos(torch.stack(parts), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
+                                           mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
+                        mode: str = "all", apply_ln: bool = False, pos_slice=None,
+                        incl_embeds: bool = True, return_labels: bool = False):
+        """What each component wrote into the residual stream before ``layer`` (None: all):
+        embeddings, then each layer's ``attn_out`` and ``mlp_out``. They sum to the residual
+        stream there. ``mode`` is "all", "attn" or "mlp". Shape
+        ``[components, batch, pos, d_model]``."""
+        if mode not in ("all", "attn", "mlp"):
+            raise ValueError(f"mode must be 'all', 'attn' or 'mlp'; got {mode!r}.")
+        layer = self._layer_arg(layer)
+        parts, labels = [], []
+        if incl_embeds:
+            for name in ("embed", "pos_embed"):
+                if name in self:
+                    parts.append(self[name])
+                    labels.append(name)
+        for L in range(layer + (1 if mlp_input and layer < self.n_layers else 0)):
+            if mode in ("all", "attn"):
+                parts.append(self["attn_out", L])
+                labels.append(f"{L}_attn_out")
+            if mode in ("all", "mlp") and L < layer:
+                parts.append(self["mlp_out", L])
+                labels.append(f"{L}_mlp_out")
+        stack = _pos(torch.stack(parts), pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
+                                           mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(self, layer: int | None = None, return_labels: bool = False,
+                           incl_remainder: bool = False, pos_slice=None, apply_ln: bool = False):
+        """Each head's output ``z_h @ W_O[h]`` for layers ``0..layer-1``, from ``hook_result`` if
+        cached, else computed from ``hook_z``. Shape ``[layers*heads, batch, pos, d_model]``,
+        labels "L{l}H{h}"; ``incl_remainder`` appends the rest of the residual stream."""
+        layer = self._layer_arg(layer)
+        parts, labels = [], []
+        for L in range(layer):
+            if ("result", L) in self:
+                result = self["result", L]
+            else:
+                w_o = self._ctx("stack_head_results").W_O(L)
+                z = self["z", L]
+                result = torch.einsum("...hd,hdm->...hm", z, w_o.to(z.device, z.dtype))
+            result = result.movedim(-2, 0)  # [heads, batch, pos, d_model]
+            parts.append(result)
+            labels += [f"L{L}H{h}" for h in range(result.shape[0])]
+        stack = torch.cat(parts) if parts else torch.empty(0)
+        if incl_remainder:
+            total = (self["resid_post", layer - 1] if layer == self.n_layers
+                     else self["resid_pre", layer])
+            stack = torch.cat([stack, (total - stack.sum(0))[None]])
+            labels.append("remainder")
+        stack = _pos(stack, pos_slice)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
+                                           pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None,
+                          mlp_input: bool = False, pos_slice=None) -> torch.Tensor:
+        """Scale a stack of residual components ``[..., batch, pos, d_model]`` as the norm at
+        ``layer`` scaled the full residual (final norm for None), using the cached
+        ``hook_scale``: centre (LayerNorm only), then divide. Components then sum to that norm's
+        ``hook_normalized``. The norm's weight and bias are not applied."""
+        if layer is None or layer in (-1, self.n_layers):
+            scale = self["ln_final.hook_scale"]
+        else:
+            scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
+        scale = _pos(scale, pos_slice)
+        stack = residual_stack
+        if self._ctx("apply_ln_to_stack").normalization_type == "LN":
+            stack = stack - stack.mean(-1, keepdim=True)
+        return stack / scale
+
+    def logit_attrs(self, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
+                    pos_slice=None) -> torch.Tensor:
+        """Direct logit attribution: each component's contribution to the logit of ``tokens``
+        (minus ``incorrect_tokens``) after the final norm's cached scale. ``residual_stack``
+        ``[components, batch, (pos,) d_model]`` (already position-sliced if ``pos_slice`` was
+        used to build it), tokens an int or an int tensor broadcastable to the batch (and
+        position) dims. Returns ``[components, batch, (pos)]``."""
+        W_U = self._ctx("logit_attrs").W_U
+        tokens = torch.as_tensor(tokens, device=W_U.device)
+        directions = W_U[:, tokens].movedim(0, -1)
+        if incorrect_tokens is not None:
+            incorrect = torch.as_tensor(incorrect_tokens, device=W_U.device)
+            if incorrect.shape != tokens.shape:
+                raise InputError(f"incorrect_tokens has shape {tuple(incorrect.shape)}; expected "
+                                 f"the shape of tokens {tuple(tokens.shape)}.")
+            directions = directions - W_U[:, incorrect].movedim(0, -1)
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
+        return (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)

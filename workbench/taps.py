@@ -40,6 +40,7 @@ class RunState:
     """Per-forward scratch: pending ``hook_resid_mid`` writes, by layer."""
 
     mid_delta: dict[int, torch.Tensor] = field(default_factory=dict)
+    batch_size: int = 1
 
     def clear(self) -> None:
         self.mid_delta.clear()
@@ -80,6 +81,18 @@ def _post_tap(module: nn.Module, point: HookPoint) -> Tap:
         value = _main(output)
         new = point.fire(value)
         return None if new is value else _replace_output(output, new)
+    return Tap(module, "post", fn)
+
+
+def _pos_tap(module: nn.Module, state: RunState, point: HookPoint) -> Tap:
+    """Learned position embeddings, shown per prompt ``[batch, pos, d_model]`` even when HF
+    computes one shared ``[1, pos, d_model]`` copy."""
+    def fn(mod, args, kwargs, output):
+        value = output
+        if value.shape[0] == 1 and state.batch_size > 1:
+            value = value.expand(state.batch_size, *value.shape[1:])
+        new = point.fire(value)
+        return None if new is value else new
     return Tap(module, "post", fn)
 
 
@@ -162,7 +175,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
 
     post(get_module(model, adapter.embed), "hook_embed")
     if adapter.pos_embed is not None:
-        post(get_module(model, adapter.pos_embed), "hook_pos_embed")
+        p = point("hook_pos_embed")
+        p.taps = (_pos_tap(get_module(model, adapter.pos_embed), state, p),)
 
     sites = []
     for L, block in enumerate(get_module(model, adapter.blocks)):

@@ -1,0 +1,81 @@
+"""ActivationCache: indexing without the model, and the decomposition identities."""
+
+import pytest
+import torch
+
+from workbench import HookNameError
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def close(a, b, tol=1e-5):
+    assert ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() < tol
+
+
+@pytest.fixture
+def run(bridge):
+    bridge.use_attn_result = True
+    logits, cache = bridge.run_with_cache(PROMPT)
+    bridge.use_attn_result = False
+    return bridge, logits, cache
+
+
+def test_indexing(run):
+    bridge, _, cache = run
+    n = bridge.cfg.n_layers
+    assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
+    assert cache["resid_pre", -1] is cache[f"blocks.{n - 1}.hook_resid_pre"]
+    assert cache["scale", 1, "ln2"] is cache["blocks.1.ln2.hook_scale"]
+    assert cache["scale"] is cache["ln_final.hook_scale"]
+    assert ("z", 0) in cache and ("z", 99) not in cache
+    with pytest.raises(HookNameError, match="names_filter"):
+        cache["blocks.99.hook_resid_pre"]
+    single = cache.remove_batch_dim()
+    assert single["resid_post", 0].shape == cache["resid_post", 0].shape[1:]
+    assert cache.stack_activation("resid_post").shape[0] == n
+    assert cache.to("cpu")["pattern", 0].device.type == "cpu"
+
+
+def test_no_tensor_stored_twice(run):
+    bridge, _, cache = run
+    # resid_post of a layer IS resid_pre of the next (one tensor, two names), not a copy
+    assert cache["resid_post", 0].untyped_storage().data_ptr() == \
+        cache["resid_pre", 1].untyped_storage().data_ptr()
+    shown = sum(t.numel() * t.element_size() for t in cache.values())
+    assert cache.nbytes() <= shown
+
+
+def test_decompositions_sum_to_the_residual(run):
+    bridge, _, cache = run
+    final = cache["resid_post", -1]
+    close(cache.decompose_resid().sum(0), final)
+    acc, labels = cache.accumulated_resid(return_labels=True)
+    assert labels[-1] == "final_post" and torch.equal(acc[-1], final)
+    close(cache.decompose_resid(layer=1).sum(0), cache["resid_pre", 1])
+    heads, labels = cache.stack_head_results(return_labels=True, incl_remainder=True)
+    assert labels[0] == "L0H0" and heads.shape[0] == bridge.cfg.n_layers * bridge.cfg.n_heads + 1
+    close(heads.sum(0), final)
+    # from z and W_O when hook_result was not cached
+    _, z_only = bridge.run_with_cache(PROMPT, names_filter=lambda n: n.endswith("hook_z"))
+    bridge_heads = z_only.stack_head_results(layer=1)
+    close(bridge_heads, cache.stack_head_results(layer=1))
+
+
+def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(run):
+    bridge, logits, cache = run
+    normalized = cache["ln_final.hook_normalized"]
+    close(cache.decompose_resid(apply_ln=True).sum(0), normalized)
+    tokens = bridge.to_tokens(PROMPT)
+    t_good, t_bad = 5, 7
+    attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), t_good, t_bad, pos_slice=-1)
+    # with the final norm's weight folded into W_U this is the logit difference minus biases
+    ln = bridge.model.get_submodule(bridge.adapter.ln_final)
+    W_U = bridge.model.get_submodule(bridge.adapter.unembed).weight.T
+    direction = W_U[:, t_good] - W_U[:, t_bad]
+    ref = (normalized[:, -1] * direction).sum(-1)
+    close(attrs.sum(0), ref)
+    if bridge.cfg.normalization_type == "RMS":  # no bias: weight-folded DLA is the logit diff
+        folded = cache.decompose_resid(pos_slice=-1, apply_ln=True, ) * ln.weight
+        diff = logits[0, -1, t_good] - logits[0, -1, t_bad]
+        close((folded @ direction).sum(0)[0], diff, 1e-4)
+    assert tokens.shape[1] == normalized.shape[1]
