@@ -329,7 +329,7 @@ class Bridge:
         if isinstance(input, (list, tuple)):
             enc = encode(self.tokenizer, input, prepend_bos=prepend_bos, padding_side="right")
             return [decode_each(self.tokenizer, row[m.bool()].tolist())
-                    for row, m in zip(enc.tokens, enc.attention_mask)]
+                    for row, m in zip(enc.tokens, enc.attention_mask, strict=True)]
         if isinstance(input, str):
             input = self.to_tokens(input, prepend_bos=prepend_bos)
         tokens = torch.as_tensor(input).squeeze()

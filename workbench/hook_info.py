@@ -23,7 +23,7 @@ class HookInfo:
     def nbytes(self, batch: int, seq_len: int) -> int:
         """Bytes one activation of this hook takes for ``batch`` prompts of ``seq_len``."""
         n = 1
-        for dim, size in zip(self.shape, self.sizes):
+        for dim, size in zip(self.shape, self.sizes, strict=True):
             n *= batch if dim == "batch" else seq_len if size is None else size
         return n * self.itemsize
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Union
 
 from .config import BridgeConfig
 from .errors import HookNameError
 from .hook_points import AttachedHook, HookFn, HookPoint
 from .names import parse, unknown_name_error
 
-NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 HookSpec = tuple[str | Callable[[str], bool], HookFn]
 
 OPT_IN_SITES = ("hook_result",)  # memory-heavy; only when named or use_attn_result is set
