@@ -125,7 +125,7 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         scores = scores + attention_mask[..., : key.shape[-2]]  # additive (e.g. ALiBi) masks
     allowed = _allowed(attention_mask, query.shape[2], key.shape[2], query.device)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores.masked_fill_(~allowed, float("-inf"))  # scores is a fresh tensor here
     if site.scores.active:
         scores = site.scores.fire(scores)
 
