@@ -165,6 +165,52 @@ def measure_memory(hf_eager, bridge, tokens) -> dict:
     }
 
 
+def mem_only(args) -> None:
+    """Peak RSS increase of one call, in a fresh process (so the allocator's retained arenas
+    from earlier runs cannot hide the allocation)."""
+    torch.set_num_threads(2)
+    _, _, hf_eager, bridge = make_models()
+    b, s = (int(x) for x in args.mem_shape.split(","))
+    tokens = torch.randint(0, 50257, (b, s), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        small = tokens[:1, :8]
+        hf_eager(input_ids=small, use_cache=False)
+        bridge.run_with_cache(small)
+        gc.collect()
+        with PeakRSS() as m:
+            if args.mem_only == "hf":
+                out = hf_eager(input_ids=tokens, use_cache=False).logits
+                nbytes = 0
+            else:
+                out, cache = bridge.run_with_cache(tokens)
+                nbytes = cache.nbytes()
+    print(json.dumps({"increase": m.increase, "cache_nbytes": nbytes}))
+
+
+def measure_memory_fresh(mem_shape: str) -> dict:
+    import subprocess
+    import sys
+
+    got = {}
+    for which in ("hf", "bridge"):
+        res = subprocess.run([sys.executable, __file__, "--mem-only", which, "--mem-shape", mem_shape],
+                             capture_output=True, text=True, check=True)
+        got[which] = json.loads(res.stdout.strip().splitlines()[-1])
+    hf, br, cache_bytes = got["hf"]["increase"], got["bridge"]["increase"], got["bridge"]["cache_nbytes"]
+    limit = hf + cache_bytes * MEM_SLACK
+    return {
+        "shape": [int(x) for x in mem_shape.split(",")],
+        "method": "fresh subprocess per contender, psutil RSS sampled every 5 ms",
+        "hf_eager_peak_increase_bytes": hf,
+        "bridge_all_hooks_peak_increase_bytes": br,
+        "cache_nbytes": cache_bytes,
+        "limit_bytes": limit,
+        "ratio_vs_hf_plus_cache": br / (hf + cache_bytes),
+        "ratio_vs_limit": br / limit,
+        "pass": br <= limit,
+    }
+
+
 # -- main ------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,12 +220,19 @@ def main() -> None:
     ap.add_argument("--no-tl", action="store_true", help="skip TransformerLens")
     ap.add_argument("--mem-shape", default="8,512", help="batch,seq for the memory check")
     ap.add_argument("--no-mem", action="store_true", help="skip the memory check")
+    ap.add_argument("--mem-only", choices=["hf", "bridge"], default=None,
+                    help="internal: measure one contender's peak RSS in this (fresh) process")
+    ap.add_argument("--shapes", default=None, help="override shapes, e.g. 1x64,8x64,1x512")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
 
     torch.set_num_threads(2)
     shapes = [(1, 64), (8, 64)] if args.quick else [(1, 64), (8, 64), (1, 512), (8, 512)]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 
+    if args.mem_only:
+        return mem_only(args)
     base, hf_sdpa, hf_eager, bridge = make_models()
     tl, tl_reason = (None, "--no-tl") if args.no_tl else make_tl(base)
     del base
@@ -253,7 +306,7 @@ def main() -> None:
         if not args.quick and not args.no_mem:
             b, s = (int(x) for x in args.mem_shape.split(","))
             tokens = torch.randint(0, 50257, (b, s), generator=torch.Generator().manual_seed(0))
-            memory = measure_memory(hf_eager, bridge, tokens)
+            memory = measure_memory_fresh(args.mem_shape)
 
     print()
     print("| shape | contender | median ms | ratio vs baseline | target | pass |")
