@@ -204,7 +204,7 @@ class Bridge:
         n = self.cfg.n_layers
         if not isinstance(stop_at_layer, int) or not -n <= stop_at_layer <= n:
             raise InputError(f"stop_at_layer must be an int in [-{n}, {n}]; got {stop_at_layer!r}.")
-        layer = stop_at_layer % (n + 1) if stop_at_layer >= 0 else n + stop_at_layer
+        layer = stop_at_layer if stop_at_layer >= 0 else n + stop_at_layer
         module = (get_module(self.model, self.adapter.ln_final) if layer == n
                   else get_module(self.model, self.adapter.blocks)[layer])
 

@@ -156,11 +156,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if layer == self.n_layers:
             parts.append(self["resid_post", self.n_layers - 1])
             labels.append("final_post")
-        stack = _pos(torch.stack(parts), pos_slice)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
-                                           mlp_input=mlp_input, pos_slice=pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._finish(torch.stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+                            return_labels)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
                         mode: str = "all", apply_ln: bool = False, pos_slice=None,
@@ -185,11 +182,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             if mode in ("all", "mlp") and L < layer:
                 parts.append(self["mlp_out", L])
                 labels.append(f"{L}_mlp_out")
-        stack = _pos(torch.stack(parts), pos_slice)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
-                                           mlp_input=mlp_input, pos_slice=pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._finish(torch.stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+                            return_labels)
 
     def stack_head_results(self, layer: int | None = None, return_labels: bool = False,
                            incl_remainder: bool = False, pos_slice=None, apply_ln: bool = False):
@@ -214,10 +208,14 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                      else self["resid_pre", layer])
             stack = torch.cat([stack, (total - stack.sum(0))[None]])
             labels.append("remainder")
+        return self._finish(stack, labels, layer, apply_ln, False, pos_slice, return_labels)
+
+    def _finish(self, stack, labels, layer, apply_ln, mlp_input, pos_slice, return_labels):
+        """Slice positions, optionally apply the norm at ``layer``, attach labels if asked."""
         stack = _pos(stack, pos_slice)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, None if layer == self.n_layers else layer,
-                                           pos_slice=pos_slice)
+                                           mlp_input=mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
     def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None,
