@@ -102,6 +102,12 @@ ADAPTERS: tuple[Adapter, ...] = (
 )
 
 
+def split_out_proj(weight, layout: str, n_heads: int, d_head: int):
+    """W_O by head, ``[n_heads, d_head, d_model]``, from the output projection's weight as stored
+    (``layout`` "linear": ``[d_model, n_heads*d_head]``; "conv1d": ``[n_heads*d_head, d_model]``)."""
+    return (weight.T if layout == "linear" else weight).reshape(n_heads, d_head, -1)
+
+
 def supported_model_types() -> list[str]:
     """Every ``config.model_type`` the bridge can wrap."""
     return sorted(t for a in ADAPTERS for t in a.model_types)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .adapters import split_out_proj
 from .errors import HookNameError, InputError
 from .names import act_name
 
@@ -31,8 +32,7 @@ class CacheContext:
 
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""
-        w = self.o_weights[layer]
-        return (w.T if self.o_layout == "linear" else w).reshape(self.n_heads, self.d_head, -1)
+        return split_out_proj(self.o_weights[layer], self.o_layout, self.n_heads, self.d_head)
 
 
 def _pos(t: torch.Tensor, pos_slice, dim: int = -2) -> torch.Tensor:

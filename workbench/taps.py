@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import Adapter
+from .adapters import Adapter, split_out_proj
 from .attention import AttentionSite, register_site
 from .config import BridgeConfig
 from .hook_points import HookPoint, Tap
@@ -37,7 +37,8 @@ from .hook_points import HookPoint, Tap
 
 @dataclass
 class RunState:
-    """Per-forward scratch: pending ``hook_resid_mid`` writes, by layer."""
+    """Per-forward scratch: pending ``hook_resid_mid`` writes by layer, and the batch size (to
+    show a shared position embedding per prompt)."""
 
     mid_delta: dict[int, torch.Tensor] = field(default_factory=dict)
     batch_size: int = 1
@@ -139,8 +140,7 @@ def _result_tap(module: nn.Module, cfg: BridgeConfig, layout: str, point: HookPo
 
     def fn(mod, args, kwargs, output):
         z, _ = _first_arg(args, kwargs)  # [b, p, h*d]
-        weight = mod.weight  # linear: [d_model, h*d]; conv1d: [h*d, d_model]
-        w_o = (weight.T if layout == "linear" else weight).reshape(h, d, -1)
+        w_o = split_out_proj(mod.weight, layout, h, d)
         result = torch.einsum("bphd,hdm->bphm", z.reshape(*z.shape[:-1], h, d), w_o)
         new = point.fire(result)
         if new is result:
