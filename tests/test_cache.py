@@ -61,21 +61,26 @@ def test_decompositions_sum_to_the_residual(run):
     close(bridge_heads, cache.stack_head_results(layer=1))
 
 
-def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(run):
-    bridge, logits, cache = run
+def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(bridge):
+    # a trained-looking final norm: weight far from 1 and a bias (random init has 1 and 0)
+    ln = bridge.model.get_submodule(bridge.adapter.ln_final)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(ln.weight.shape, generator=g) * 3)
+        if getattr(ln, "bias", None) is not None:
+            ln.bias.copy_(torch.randn(ln.bias.shape, generator=g))
+    logits, cache = bridge.run_with_cache(PROMPT)
     normalized = cache["ln_final.hook_normalized"]
     close(cache.decompose_resid(apply_ln=True).sum(0), normalized)
-    tokens = bridge.to_tokens(PROMPT)
     t_good, t_bad = 5, 7
     attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), t_good, t_bad, pos_slice=-1)
-    # with the final norm's weight folded into W_U this is the logit difference minus biases
-    ln = bridge.model.get_submodule(bridge.adapter.ln_final)
+    # the components sum to the logit difference minus the final norm's bias term
     W_U = bridge.model.get_submodule(bridge.adapter.unembed).weight.T
     direction = W_U[:, t_good] - W_U[:, t_bad]
-    ref = (normalized[:, -1] * direction).sum(-1)
-    close(attrs.sum(0), ref)
-    if bridge.cfg.normalization_type == "RMS":  # no bias: weight-folded DLA is the logit diff
-        folded = cache.decompose_resid(pos_slice=-1, apply_ln=True, ) * ln.weight
-        diff = logits[0, -1, t_good] - logits[0, -1, t_bad]
-        close((folded @ direction).sum(0)[0], diff, 1e-4)
-    assert tokens.shape[1] == normalized.shape[1]
+    diff = logits[0, -1, t_good] - logits[0, -1, t_bad]
+    bias = getattr(ln, "bias", None)
+    const = (bias @ direction) if bias is not None else 0.0
+    close(attrs.sum(0)[0], diff - const, 1e-4)
+    # and per component it is the normalized component times the norm's weight, unembedded
+    per = cache.decompose_resid(pos_slice=-1, apply_ln=True) * ln.weight
+    close(attrs[:, 0], (per @ direction)[:, 0], 1e-4)

@@ -59,6 +59,7 @@ class Bridge:
             d_head=self.cfg.d_head, W_U=get_module(model, adapter.unembed).weight.detach().T,
             o_weights=tuple(get_module(b, adapter.attn_out_proj).weight.detach() for b in blocks),
             o_layout=adapter.linear_layout,
+            ln_final_w=_weight_or_none(get_module(model, adapter.ln_final)),
         )
 
     # -- construction ----------------------------------------------------------------------
@@ -90,7 +91,8 @@ class Bridge:
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, device_map: Any = None,
                         revision: str | None = None, trust_remote_code: bool = False) -> Bridge:
-        """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it."""
+        """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it.
+        ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md)."""
         from .loading import load
 
         model, tokenizer = load(name_or_path, device=device, dtype=dtype, device_map=device_map,
@@ -372,3 +374,8 @@ class Bridge:
         if hits.numel() == 0:
             raise InputError(f"Token {single_token!r} (id {tid}) does not occur in the prompt.")
         return int(hits[0] if mode == "first" else hits[-1])
+
+
+def _weight_or_none(module: nn.Module) -> torch.Tensor | None:
+    w = getattr(module, "weight", None)
+    return None if w is None else w.detach()

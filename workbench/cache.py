@@ -20,8 +20,9 @@ from .names import act_name
 @dataclass(frozen=True)
 class CacheContext:
     """The facts about the model that the decompositions need (weights are the model's own
-    tensors, not copies): ``W_U [d_model, d_vocab]`` and each layer's output projection weight
-    as stored (``o_layout`` "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
+    tensors, not copies): ``W_U [d_model, d_vocab]``, the final norm's weight ``[d_model]`` (None
+    when it has none) and each layer's output projection weight as stored (``o_layout``
+    "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
 
     normalization_type: str  # "LN" (centre, then scale) or "RMS" (scale only)
     n_heads: int
@@ -29,6 +30,7 @@ class CacheContext:
     W_U: torch.Tensor
     o_weights: tuple[torch.Tensor, ...]
     o_layout: str
+    ln_final_w: torch.Tensor | None = None
 
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""
@@ -237,11 +239,15 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def logit_attrs(self, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
                     pos_slice=None) -> torch.Tensor:
         """Direct logit attribution: each component's contribution to the logit of ``tokens``
-        (minus ``incorrect_tokens``) after the final norm's cached scale. ``residual_stack``
-        ``[components, batch, (pos,) d_model]`` (already position-sliced if ``pos_slice`` was
-        used to build it), tokens an int or an int tensor broadcastable to the batch (and
-        position) dims. Returns ``[components, batch, (pos)]``."""
-        W_U = self._ctx("logit_attrs").W_U
+        (minus ``incorrect_tokens``) through the final norm (its cached scale and its weight)
+        and the unembedding. ``residual_stack`` ``[components, batch, (pos,) d_model]``
+        (already position-sliced if ``pos_slice`` was used to build it), tokens an int or an
+        int tensor broadcastable to the batch (and position) dims. Returns
+        ``[components, batch, (pos)]``. Summed over a full decomposition it equals the logit
+        (difference) minus the constant terms no component owns: the final norm's bias and
+        the unembedding's bias, dotted with the same direction."""
+        ctx = self._ctx("logit_attrs")
+        W_U = ctx.W_U
         tokens = torch.as_tensor(tokens, device=W_U.device)
         directions = W_U[:, tokens].movedim(0, -1)
         if incorrect_tokens is not None:
@@ -250,5 +256,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                 raise InputError(f"incorrect_tokens has shape {tuple(incorrect.shape)}; expected "
                                  f"the shape of tokens {tuple(tokens.shape)}.")
             directions = directions - W_U[:, incorrect].movedim(0, -1)
+        if ctx.ln_final_w is not None:  # fold the final norm's weight into the direction
+            directions = directions * ctx.ln_final_w.to(directions.device, directions.dtype)
         scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
         return (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
