@@ -131,7 +131,7 @@ def bench_shape(contenders: dict, tokens: torch.Tensor, reps: int) -> dict[str, 
     samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in contenders}
     for rep in range(reps + 1):  # rep 0 is the warm-up
         for name, fn in contenders.items():
-            got = timed(lambda: fn(tokens))
+            got = timed(lambda fn=fn: fn(tokens))
             gc.collect()
             if rep > 0:
                 samples[name].append(got)
@@ -339,7 +339,8 @@ def main() -> None:
                     # the same comparison with the unavoidable cost of the kept bytes on both sides
                     floor = med["fresh_write"]
                     adj = ms / (med[baseline] + floor)
-                    results.append({"shape": [batch, seq], "contender": "bridge_cache_all (vs eager+fresh_write)",
+                    results.append({"shape": [batch, seq],
+                                    "contender": "bridge_cache_all (vs eager+fresh_write)",
                                     "ms": ms, "reps": n, "baseline": "hf_eager+fresh_write",
                                     "ratio": adj, "target": f"<= {target:.2f}x hf_eager + fresh_write",
                                     "pass": adj <= target, "ratio_vs_tl": None,
@@ -364,7 +365,8 @@ def main() -> None:
             ratio += f" / {r['ratio_vs_tl']:.3f}x TL"
         verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
         cpu = f"{r['user_ms']:.0f} / {r['sys_ms']:.0f}" if "user_ms" in r else ""
-        print(f"| {shape} | {r['contender']} | {r['ms']:.1f} | {ratio} | {r['target'] or '-'} | {verdict} | {cpu} |")
+        print(f"| {shape} | {r['contender']} | {r['ms']:.1f} | {ratio} | {r['target'] or '-'} | {verdict} "
+              f"| {cpu} |")
     if memory is not None:
         mib = 2**20
         print()

@@ -45,3 +45,9 @@ def hf_eager(saved):
 def no_torch_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
                for m in model.modules())
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """The embedded demo model, loaded by name (offline)."""
+    return Bridge.from_pretrained("workbench-demo")

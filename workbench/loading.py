@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,14 +13,30 @@ from .adapters import adapter_for
 from .attention import ATTN_IMPLEMENTATION, ensure_registered
 from .errors import InputError
 
+DEMO_NAME = "workbench-demo"
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+
+
+def resolve(name_or_path: str) -> str:
+    """``"workbench-demo"`` -> the demo model's folder inside the package; anything else as is."""
+    if str(name_or_path) != DEMO_NAME:
+        return name_or_path
+    if not (DEMO_DIR / "model.safetensors").is_file():
+        raise InputError(f"The embedded demo model is missing: expected {DEMO_DIR}/model.safetensors "
+                         f"(it ships with the repo). Re-clone, or rebuild it with "
+                         f"`python scripts/train_demo_model.py`.")
+    return str(DEMO_DIR)
+
 
 def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
          device_map: Any = None, revision: str | None = None,
          trust_remote_code: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``; the tokenizer is None when the folder has none. ``dtype``
-    defaults to float32; ``trust_remote_code`` is never turned on implicitly."""
+    defaults to float32; ``trust_remote_code`` is never turned on implicitly. The name
+    ``"workbench-demo"`` loads the embedded demo model (offline)."""
     if device is not None and device_map is not None:
         raise InputError("Pass either device= or device_map=, not both.")
+    name_or_path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision,
                                         trust_remote_code=trust_remote_code)
     adapter_for(config.model_type)  # unsupported types fail before any weights load

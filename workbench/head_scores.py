@@ -1,0 +1,66 @@
+"""Per-head attention scores from the literature: previous-token and induction scores.
+
+Both read ``blocks.{L}.attn.hook_pattern`` (``[batch, head, query_pos, key_pos]``) and return a
+``[n_layers, n_heads]`` tensor of mean attention weights in [0, 1].
+
+- previous-token score (Olsson et al. 2022; Elhage et al. 2021): the mean attention from each
+  position ``i >= 2`` to position ``i - 1`` (position 0 is BOS, and position 1's previous token is
+  BOS, which many heads use as a resting place, so it is left out).
+- induction score (Olsson et al. 2022): on a sequence ``[BOS, r_1..r_n, r_1..r_n]`` of ``n``
+  random tokens repeated once, the mean attention from each token of the second repeat to the
+  token right after its first occurrence, i.e. key position ``q - n + 1`` for query position
+  ``q`` in ``n + 1 .. 2n``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+
+def _patterns(bridge, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, batch, head, q, k]`` attention patterns of ``tokens`` (``[batch, pos]``)."""
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
+    _, cache = bridge.run_with_cache(tokens, names_filter=names)
+    return torch.stack([cache[n].float() for n in names])
+
+
+def previous_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, n_heads]`` mean attention to the previous token over query positions
+    ``2 .. pos-1`` of ``tokens`` (``[batch, pos]``, starting with BOS, ``pos >= 3``)."""
+    if tokens.ndim != 2 or tokens.shape[1] < 3:
+        raise InputError(f"previous_token_scores expects tokens [batch, pos] with pos >= 3; got "
+                         f"shape {tuple(tokens.shape)}. Pass e.g. bridge.to_tokens(texts).")
+    pat = _patterns(bridge, tokens)
+    q = torch.arange(2, tokens.shape[1], device=pat.device)
+    return pat[..., q, q - 1].mean(dim=(1, 3))
+
+
+def repeated_random_tokens(bridge, n: int = 50, batch: int = 8, seed: int = 0) -> torch.Tensor:
+    """``[batch, 1 + 2n]``: BOS, then ``n`` tokens drawn uniformly from the non-special vocabulary,
+    then the same ``n`` tokens again."""
+    gen = torch.Generator().manual_seed(seed)
+    special = set(getattr(bridge.tokenizer, "all_special_ids", []) or [])
+    pool = torch.tensor([i for i in range(bridge.cfg.d_vocab) if i not in special])
+    seq = pool[torch.randint(len(pool), (batch, n), generator=gen)]
+    bos_id = getattr(bridge.tokenizer, "bos_token_id", None)
+    bos = torch.full((batch, 1), 0 if bos_id is None else bos_id)
+    return torch.cat([bos, seq, seq], dim=1).to(bridge.cfg.device)
+
+
+def induction_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, n_heads]`` induction scores on ``tokens`` (``[batch, 1 + 2n]`` as made by
+    :func:`repeated_random_tokens`)."""
+    if tokens.ndim != 2 or tokens.shape[1] % 2 != 1 or tokens.shape[1] < 5:
+        raise InputError(f"induction_scores expects tokens [batch, 1 + 2n] (BOS + a sequence "
+                         f"repeated once); got shape {tuple(tokens.shape)}. Use "
+                         f"repeated_random_tokens(bridge, n).")
+    n = (tokens.shape[1] - 1) // 2
+    if not torch.equal(tokens[:, 1:n + 1], tokens[:, n + 1:]):
+        raise InputError("induction_scores expects the second half to repeat the first "
+                         "(tokens[:, 1:n+1] == tokens[:, n+1:]); it does not. Use "
+                         "repeated_random_tokens(bridge, n).")
+    pat = _patterns(bridge, tokens)
+    q = torch.arange(n + 1, 2 * n + 1, device=pat.device)
+    return pat[..., q, q - n + 1].mean(dim=(1, 3))
