@@ -28,20 +28,12 @@ from workbench.demo_data import (  # noqa: E402
     ioi_prompts,
 )
 from workbench.head_scores import (  # noqa: E402
+    duplicate_token_scores,
     induction_scores,
     previous_token_scores,
     repeated_random_tokens,
 )
 from workbench.loading import DEMO_DIR  # noqa: E402
-
-
-def duplicate_token_scores(bridge, tokens):
-    """[n_layers, n_heads]: attention from each repeated token to its first occurrence."""
-    n = (tokens.shape[1] - 1) // 2
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
-    _, cache = bridge.run_with_cache(tokens, names_filter=names)
-    q = torch.arange(n + 1, 2 * n + 1)
-    return torch.stack([cache[nm][..., q, q - n].mean(dim=(0, 2)) for nm in names])
 
 
 @torch.inference_mode()

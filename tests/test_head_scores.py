@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from workbench import Bridge, InputError
-from workbench.head_scores import induction_scores, previous_token_scores, repeated_random_tokens
+from workbench.head_scores import (
+    duplicate_token_scores,
+    induction_scores,
+    previous_token_scores,
+    repeated_random_tokens,
+)
 from workbench.toy import char_tokenizer, tiny_model
 
 
@@ -34,6 +39,8 @@ def test_scores_match_brute_force(tiny):
     assert torch.allclose(ind, brute(tiny, rep, [(q, q - n + 1) for q in range(n + 1, 2 * n + 1)]), atol=1e-6)
     prev = previous_token_scores(tiny, rep)
     assert torch.allclose(prev, brute(tiny, rep, [(q, q - 1) for q in range(2, 2 * n + 1)]), atol=1e-6)
+    dup = duplicate_token_scores(tiny, rep)
+    assert torch.allclose(dup, brute(tiny, rep, [(q, q - n) for q in range(n + 1, 2 * n + 1)]), atol=1e-6)
 
 
 def test_planted_patterns_score_one(tiny):
@@ -61,5 +68,7 @@ def test_planted_patterns_score_one(tiny):
 def test_bad_input_names_the_fix(tiny):
     with pytest.raises(InputError, match="repeated_random_tokens"):
         induction_scores(tiny, torch.randint(3, 50, (2, 21)))
+    with pytest.raises(InputError, match="duplicate_token_scores expects"):
+        duplicate_token_scores(tiny, torch.randint(3, 50, (2, 20)))
     with pytest.raises(InputError, match="pos >= 3"):
         previous_token_scores(tiny, torch.randint(3, 50, (2,)))

@@ -52,15 +52,26 @@ def repeated_random_tokens(bridge, n: int = 50, batch: int = 8, seed: int = 0) -
 def induction_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
     """``[n_layers, n_heads]`` induction scores on ``tokens`` (``[batch, 1 + 2n]`` as made by
     :func:`repeated_random_tokens`)."""
+    return _repeat_scores(bridge, tokens, "induction_scores", offset=1)
+
+
+def duplicate_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, n_heads]`` duplicate-token scores on ``tokens`` (``[batch, 1 + 2n]`` as made
+    by :func:`repeated_random_tokens`)."""
+    return _repeat_scores(bridge, tokens, "duplicate_token_scores", offset=0)
+
+
+def _repeat_scores(bridge, tokens: torch.Tensor, what: str, offset: int) -> torch.Tensor:
+    """Mean attention from query ``q`` in the repeat to key ``q - n + offset``."""
     if tokens.ndim != 2 or tokens.shape[1] % 2 != 1 or tokens.shape[1] < 5:
-        raise InputError(f"induction_scores expects tokens [batch, 1 + 2n] (BOS + a sequence "
+        raise InputError(f"{what} expects tokens [batch, 1 + 2n] (BOS + a sequence "
                          f"repeated once); got shape {tuple(tokens.shape)}. Use "
                          f"repeated_random_tokens(bridge, n).")
     n = (tokens.shape[1] - 1) // 2
     if not torch.equal(tokens[:, 1:n + 1], tokens[:, n + 1:]):
-        raise InputError("induction_scores expects the second half to repeat the first "
+        raise InputError(f"{what} expects the second half to repeat the first "
                          "(tokens[:, 1:n+1] == tokens[:, n+1:]); it does not. Use "
                          "repeated_random_tokens(bridge, n).")
     pat = _patterns(bridge, tokens)
     q = torch.arange(n + 1, 2 * n + 1, device=pat.device)
-    return pat[..., q, q - n + 1].mean(dim=(1, 3))
+    return pat[..., q, q - n + offset].mean(dim=(1, 3))
