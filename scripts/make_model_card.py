@@ -26,6 +26,7 @@ from workbench.demo_data import (  # noqa: E402
     PLACES,
     TRAIN_TEMPLATES,
     ioi_prompts,
+    ioi_tokens,
 )
 from workbench.head_scores import (  # noqa: E402
     duplicate_token_scores,
@@ -42,9 +43,7 @@ def ioi_heads(bridge, n=200):
     mean attention from the last position to the IO and to the (second) S token; plus the
     model's mean logit difference and top-1 accuracy. Held-out names and templates."""
     prompts = ioi_prompts(n, split="heldout", seed=11)
-    toks = bridge.to_tokens([p.text for p in prompts], padding_side="left")
-    io = torch.tensor([bridge.to_single_token(p.io) for p in prompts])
-    s = torch.tensor([bridge.to_single_token(p.s) for p in prompts])
+    toks, io, s = ioi_tokens(bridge, prompts)
     logits, cache = bridge.run_with_cache(toks)
     last = logits[:, -1]
     diff = (last.gather(1, io[:, None]) - last.gather(1, s[:, None]))[:, 0]
@@ -73,6 +72,8 @@ ARCH = {
 
 
 EOT = "`<\\|endoftext\\|>`"
+SUM_NOTE = {"RMS": "they sum to the logit difference because the final RMSNorm has no bias",
+            "LN": "they sum to the logit difference minus the final LayerNorm's bias term"}
 
 
 def head_label(scores, n_heads):
@@ -200,8 +201,8 @@ Blue: training loss (smoothed); red, dashed: held-out IOI logit difference / 2, 
 | strongest previous-token head | {head_label(prev, cfg.n_heads)} ({prev.max():.2f}) |
 
 Where the IOI logit difference comes from (direct logit attribution of each residual-stream
-component at the last position, mean over the same 200 held-out prompts; they sum to the logit
-difference because the final RMSNorm has no bias):
+component at the last position, mean over the same 200 held-out prompts;
+{SUM_NOTE[cfg.normalization_type]}):
 
 | component | {" | ".join(ioi["parts"])} |
 |---|{"---:|" * len(ioi["parts"])}

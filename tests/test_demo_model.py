@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from workbench import Bridge
-from workbench.demo_data import HELDOUT_NAMES, HELDOUT_TEMPLATES, TRAIN_NAMES, TRAIN_TEMPLATES, ioi_prompts
+from workbench.demo_data import (
+    HELDOUT_NAMES,
+    HELDOUT_TEMPLATES,
+    TRAIN_NAMES,
+    TRAIN_TEMPLATES,
+    ioi_prompts,
+    ioi_tokens,
+)
 from workbench.head_scores import induction_scores, previous_token_scores, repeated_random_tokens
 from workbench.loading import DEMO_DIR
 
@@ -59,9 +66,7 @@ def test_induction_and_previous_token_heads(demo):
 
 
 def ioi_metrics(demo, prompts):
-    toks = demo.to_tokens([p.text for p in prompts], padding_side="left")
-    io = torch.tensor([demo.to_single_token(p.io) for p in prompts])
-    s = torch.tensor([demo.to_single_token(p.s) for p in prompts])
+    toks, io, s = ioi_tokens(demo, prompts)
     with torch.inference_mode():
         last = demo(toks)[:, -1]
     diff = last.gather(1, io[:, None]) - last.gather(1, s[:, None])

@@ -10,13 +10,15 @@ in a training IOI sentence; held-out templates never appear in training at all.
     >>> from workbench.demo_data import ioi_prompts
     >>> p = ioi_prompts(4, split="heldout", seed=0)[0]
     >>> p.text, p.io, p.s          # doctest: +SKIP
-    ('When Nora and Felix sat in the garden, Felix sent a letter to', ' Nora', ' Felix')
+    ('Later, Mabel and Sylvia were sitting in the river, and Sylvia sent a box to', ' Mabel', ' Sylvia')
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+import torch
 
 # -- word lists ---------------------------------------------------------------------------------
 # First names: common English given names, one word each. The last HELDOUT_NAMES_COUNT are
@@ -116,9 +118,9 @@ def _split(split: str, what: str) -> tuple[str, ...]:
 def ioi_prompt(rng: random.Random, split: str = "train", names: str | None = None) -> IOIPrompt:
     """One random IOI prompt of ``split`` ("train": training names and templates; "heldout":
     held-out names and held-out templates); ``names`` picks the names' split on its own."""
-    templates, names = _split(split, "templates"), _split(names or split, "names")
+    templates, pool = _split(split, "templates"), _split(names or split, "names")
     t = rng.randrange(len(templates))
-    io, s = rng.sample(names, 2)
+    io, s = rng.sample(pool, 2)
     order = rng.choice(("ABBA", "BABA"))
     a, b = (io, s) if order == "ABBA" else (s, io)
     text = templates[t].format(A=a, B=b, S=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
@@ -132,9 +134,18 @@ def ioi_prompts(n: int, split: str = "heldout", seed: int = 0,
     return [ioi_prompt(rng, split, names) for _ in range(n)]
 
 
+def ioi_tokens(bridge, prompts: list[IOIPrompt]):
+    """``(tokens [n, pos], io [n], s [n])``: the prompts left-padded (so position -1 is every
+    prompt's last token) with BOS, and the IO and S token ids."""
+    tokens = bridge.to_tokens([p.text for p in prompts], padding_side="left")
+    io = [bridge.to_single_token(p.io) for p in prompts]
+    s = [bridge.to_single_token(p.s) for p in prompts]
+    return (tokens, torch.tensor(io, device=tokens.device), torch.tensor(s, device=tokens.device))
+
+
 # -- stories --------------------------------------------------------------------------------------
 def _sentence(rng: random.Random, cast: list[str]) -> str:
-    a, b = rng.sample(cast, 2) if len(cast) > 1 else (cast[0], cast[0])
+    a, b = rng.sample(cast, 2)
     place, obj, animal = rng.choice(PLACES), rng.choice(OBJECTS), rng.choice(ANIMALS)
     adj, verb, feel = rng.choice(ADJECTIVES), rng.choice(VERBS_PAST), rng.choice(FEELINGS)
     forms = (
