@@ -79,6 +79,33 @@ def test_writes_change_downstream(bridge):
     assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
 
 
+def test_norm_writes_rebuild_the_norm_output(bridge):
+    """Doubling ``hook_scale`` halves the normalized vector; the norm's output is rebuilt from the
+    written value as ``normalized * w + b`` (checked by recomputing by hand)."""
+    ln = bridge.model.get_submodule(f"{bridge.adapter.blocks}.0.{bridge.adapter.ln1}")
+    _, clean = bridge.run_with_cache(PROMPT)
+    x = clean["resid_pre", 0].float()
+    if bridge.cfg.normalization_type.startswith("LN"):
+        x = x - x.mean(-1, keepdim=True)
+    seen = {}
+
+    def grab(t, hook):
+        seen["out"] = t
+    with bridge.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, hook: 2 * t)]):
+        _, c = bridge.run_with_cache(PROMPT, names_filter=lambda n: n.startswith("blocks.0.ln1"))
+        handle = ln.register_forward_hook(lambda m, a, o: grab(o, None))
+        try:
+            bridge(PROMPT)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(c["blocks.0.ln1.hook_normalized"],
+                               x / (2 * clean["blocks.0.ln1.hook_scale"]), rtol=1e-5, atol=1e-6)
+    expected = c["blocks.0.ln1.hook_normalized"] * ln.weight
+    if getattr(ln, "bias", None) is not None:
+        expected = expected + ln.bias
+    torch.testing.assert_close(seen["out"], expected)
+
+
 def test_wrong_shape_and_exceptions_leave_nothing_attached(bridge):
     bridge.add_hook("blocks.0.hook_resid_pre", lambda t, hook: None, is_permanent=True)
     with pytest.raises(HookShapeError, match=r"blocks.0.attn.hook_q.*expected"):

@@ -108,15 +108,22 @@ def _pre_tap(module: nn.Module, point: HookPoint) -> Tap:
 
 def _norm_tap(module: nn.Module, kind: str, eps: float, scale_p: HookPoint,
               norm_p: HookPoint) -> Tap:
-    """Recompute a norm's ``hook_scale`` / ``hook_normalized`` from its input (fp32 math)."""
+    """Recompute a norm's ``hook_scale [b, p, 1]`` / ``hook_normalized [b, p, d]`` from its input
+    (fp32 math; one fused kernel for LayerNorm)."""
     def fn(mod, args, kwargs, output):
         x, _ = _first_arg(args, kwargs)
         x32 = x.float()
         if kind == "LN":
-            x32 = x32 - x32.mean(-1, keepdim=True)
-        scale = (x32.pow(2).mean(-1, keepdim=True) + eps).sqrt().to(x.dtype)
+            normalized32, _, rstd = torch.native_layer_norm(x32, x32.shape[-1:], None, None, eps)
+        else:
+            rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+            normalized32 = x32 * rstd
+        scale = rstd.reciprocal().to(x.dtype)
         new_scale = scale_p.fire(scale)
-        normalized = (x32 / new_scale.float()).to(x.dtype)
+        if new_scale is not scale:  # a function replaced the scale: divide by it instead
+            centered = x32 - x32.mean(-1, keepdim=True) if kind == "LN" else x32
+            normalized32 = centered / new_scale.float()
+        normalized = normalized32.to(x.dtype)
         new_norm = norm_p.fire(normalized)
         if new_scale is scale and new_norm is normalized:
             return None  # read-only: keep HF's own output bit for bit
