@@ -7,7 +7,10 @@ import torch
 
 from workbench import Bridge, InputError
 from workbench.head_scores import (
+    KINDS,
     duplicate_token_scores,
+    first_token_scores,
+    head_scores,
     induction_scores,
     previous_token_scores,
     repeated_random_tokens,
@@ -72,3 +75,37 @@ def test_bad_input_names_the_fix(tiny):
         duplicate_token_scores(tiny, torch.randint(3, 50, (2, 20)))
     with pytest.raises(InputError, match="pos >= 3"):
         previous_token_scores(tiny, torch.randint(3, 50, (2,)))
+
+
+def test_head_scores_bundle_matches_the_single_scores(tiny):
+    res = head_scores(tiny, n=10, batch=3, seed=4)
+    rep = repeated_random_tokens(tiny, n=10, batch=3, seed=4)
+    singles = {"previous_token": previous_token_scores, "induction": induction_scores,
+               "duplicate_token": duplicate_token_scores, "first_token": first_token_scores}
+    assert set(res.scores) == set(KINDS)
+    for kind, fn in singles.items():
+        torch.testing.assert_close(res[kind], fn(tiny, rep), atol=1e-6, rtol=0)
+    first = brute(tiny, rep, [(q, 0) for q in range(1, rep.shape[1])])
+    torch.testing.assert_close(res["first_token"], first, atol=1e-6, rtol=0)
+    top = res.top("induction", 2)
+    flat = res["induction"].flatten()
+    assert top[0][1] == pytest.approx(float(flat.max())) and top[0][1] >= top[1][1]
+    df = res.to_dataframe()
+    assert len(df) == 2 * 4 and set(KINDS) <= set(df.columns)
+    threshold = float(res["first_token"].median())
+    chosen = res.classify(threshold)["first_token"]
+    assert len(chosen) == int((res["first_token"] >= threshold).sum())
+    assert res.classify(1.01)["induction"] == []
+    with pytest.raises(InputError, match="Unknown head score"):
+        _ = res["copying"]
+
+
+def test_demo_model_heads_top_their_scores(demo):
+    """On the trained demo model the induction heads sit in the last layer and the top
+    previous-token head in an earlier layer (the two-layer induction circuit)."""
+    res = head_scores(demo, n=50, batch=8, seed=0)
+    ind_head, ind = res.top("induction", 1)[0]
+    prev_head, prev = res.top("previous_token", 1)[0]
+    assert ind > 0.5 and prev > 0.5
+    assert int(prev_head[1]) < int(ind_head[1])
+    assert ind_head not in [h for h, _ in res.top("previous_token", 3)]

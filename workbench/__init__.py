@@ -11,11 +11,13 @@ from .errors import (
                      UnsupportedModelError,
                      WorkbenchError,
 )
+from .factored import FactoredMatrix
 from .hook_info import HookInfo
 from .hook_points import AttachedHook, HookPoint
 
 __all__ = [
-    "ActivationCache", "AttachedHook", "Bridge", "BridgeConfig", "ForwardOutput", "HookInfo",
+    "ActivationCache", "AttachedHook", "Bridge", "BridgeConfig", "FactoredMatrix", "ForwardOutput",
+    "HookInfo",
     "HookNameError", "HookPoint", "HookShapeError", "InputError", "TokenizerError",
     "UnsupportedModelError", "WorkbenchError",
 ]

@@ -30,6 +30,8 @@ class Adapter:
     ln2: str
     attn: str
     mlp: str
+    attn_qkv: tuple[str, ...]  # the Q/K/V projection module(s), relative to a block
+    qkv_layout: Literal["split", "fused", "per_head"]  # see weights.qkv_weights
     attn_out_proj: str  # output projection W_O, relative to a block
     mlp_in: str  # W_in (the "up" projection for gated MLPs)
     mlp_gate: str | None  # W_gate for gated MLPs
@@ -79,7 +81,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(
         family="gpt2", model_types=("gpt2",), embed="transformer.wte", pos_embed="transformer.wpe",
         blocks="transformer.h", ln_final="transformer.ln_f", unembed="lm_head",
-        ln1="ln_1", ln2="ln_2", attn="attn", mlp="mlp", attn_out_proj="attn.c_proj",
+        ln1="ln_1", ln2="ln_2", attn="attn", mlp="mlp", attn_qkv=("attn.c_attn",),
+        qkv_layout="fused", attn_out_proj="attn.c_proj",
         mlp_in="mlp.c_fc", mlp_gate=None, mlp_out="mlp.c_proj", linear_layout="conv1d",
         normalization="LN", positional="standard", read_config=_gpt2_config,
     ),
@@ -87,6 +90,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="llama", model_types=("llama",), embed="model.embed_tokens", pos_embed=None,
         blocks="model.layers", ln_final="model.norm", unembed="lm_head",
         ln1="input_layernorm", ln2="post_attention_layernorm", attn="self_attn", mlp="mlp",
+        attn_qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_layout="split",
         attn_out_proj="self_attn.o_proj", mlp_in="mlp.up_proj", mlp_gate="mlp.gate_proj",
         mlp_out="mlp.down_proj", linear_layout="linear", normalization="RMS",
         positional="rotary", read_config=_llama_config,
@@ -95,6 +99,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         family="gpt_neox", model_types=("gpt_neox",), embed="gpt_neox.embed_in", pos_embed=None,
         blocks="gpt_neox.layers", ln_final="gpt_neox.final_layer_norm", unembed="lm_head",
         ln1="input_layernorm", ln2="post_attention_layernorm", attn="attention", mlp="mlp",
+        attn_qkv=("attention.query_key_value",), qkv_layout="per_head",
         attn_out_proj="attention.dense", mlp_in="mlp.dense_h_to_4h", mlp_gate=None,
         mlp_out="mlp.dense_4h_to_h", linear_layout="linear", normalization="LN",
         positional="rotary", read_config=_neox_config,

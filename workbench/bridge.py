@@ -23,6 +23,7 @@ from .hook_points import AttachedHook, HookFn
 from .registry import HookRegistry, HookSpec, NameFilter
 from .taps import RunState, build_hook_points, get_module
 from .tokens import Encoded, decode_each, encode, need_tokenizer, positions_from_mask
+from .weights import READERS
 
 
 class ForwardOutput(NamedTuple):
@@ -51,16 +52,36 @@ class Bridge:
             **adapter.read_config(model.config),
         )
         self._state = RunState()
+        self.processing: tuple[str, ...] = ()  # weight processing applied (process_weights)
         points, self._sites = build_hook_points(model, adapter, self.cfg, self._state)
         self._hooks = HookRegistry(points, self.cfg)
+        self._cache_context = self._make_cache_context()
+
+    def _make_cache_context(self) -> CacheContext:
+        """The weights the cache's decompositions read (rebuilt after weight processing)."""
+        model, adapter = self.model, self.adapter
         blocks = get_module(model, adapter.blocks)
-        self._cache_context = CacheContext(
+        return CacheContext(
             normalization_type=adapter.normalization, n_heads=self.cfg.n_heads,
             d_head=self.cfg.d_head, W_U=get_module(model, adapter.unembed).weight.detach().T,
             o_weights=tuple(get_module(b, adapter.attn_out_proj).weight.detach() for b in blocks),
             o_layout=adapter.linear_layout,
             ln_final_w=_weight_or_none(get_module(model, adapter.ln_final)),
         )
+
+    def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                        center_unembed: bool = True, fold_value_biases: bool = True) -> Bridge:
+        """Rewrite the HF model's weights in place so analyses read more simply, as
+        TransformerLens's processed models do (see :mod:`workbench.processing`): logits are
+        unchanged (``center_unembed`` shifts each position's logits by a constant, which softmax
+        ignores). Returns the bridge; ``bridge.processing`` lists what was applied."""
+        from .processing import process_weights
+
+        done = process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                               center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        self.processing = tuple(dict.fromkeys((*self.processing, *done)))
+        self._cache_context = self._make_cache_context()
+        return self
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -90,14 +111,20 @@ class Bridge:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, device_map: Any = None,
-                        revision: str | None = None, trust_remote_code: bool = False) -> Bridge:
+                        revision: str | None = None, trust_remote_code: bool = False,
+                        fold_ln: bool = False, center_writing_weights: bool = False,
+                        center_unembed: bool = False, fold_value_biases: bool = False) -> Bridge:
         """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it.
-        ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md)."""
+        ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md). The
+        four processing flags (off by default) are :meth:`process_weights`'s."""
         from .loading import load
 
         model, tokenizer = load(name_or_path, device=device, dtype=dtype, device_map=device_map,
                                 revision=revision, trust_remote_code=trust_remote_code)
-        return cls.from_hf(model, tokenizer)
+        bridge = cls.from_hf(model, tokenizer)
+        flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                     center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        return bridge.process_weights(**flags) if any(flags.values()) else bridge
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -379,3 +406,12 @@ class Bridge:
 def _weight_or_none(module: nn.Module) -> torch.Tensor | None:
     w = getattr(module, "weight", None)
     return None if w is None else w.detach()
+
+
+def _weight_property(name: str) -> property:
+    return property(lambda self: READERS[name](self),
+                    doc=f"``{name}`` in TransformerLens's shape (see :mod:`workbench.weights`).")
+
+
+for _name in READERS:
+    setattr(Bridge, _name, _weight_property(_name))

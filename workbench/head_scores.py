@@ -1,4 +1,4 @@
-"""Per-head attention scores from the literature: previous-token and induction scores.
+"""Per-head attention scores from the literature, for quick head classification.
 
 Both read ``blocks.{L}.attn.hook_pattern`` (``[batch, head, query_pos, key_pos]``) and return a
 ``[n_layers, n_heads]`` tensor of mean attention weights in [0, 1].
@@ -10,13 +10,21 @@ Both read ``blocks.{L}.attn.hook_pattern`` (``[batch, head, query_pos, key_pos]`
   random tokens repeated once, the mean attention from each token of the second repeat to the
   token right after its first occurrence, i.e. key position ``q - n + 1`` for query position
   ``q`` in ``n + 1 .. 2n``.
+- duplicate-token score: on the same sequence, the attention from each token of the second repeat
+  to its own first occurrence (key ``q - n``).
+- first-token (attention sink) score: the mean attention to position 0 from positions ``1 ..``.
+
+:func:`head_scores` computes all four from one run and returns a labelled :class:`HeadScores`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .errors import InputError
+from .results import dataframe
 
 
 def _patterns(bridge, tokens: torch.Tensor) -> torch.Tensor:
@@ -75,3 +83,64 @@ def _repeat_scores(bridge, tokens: torch.Tensor, what: str, offset: int) -> torc
     pat = _patterns(bridge, tokens)
     q = torch.arange(n + 1, 2 * n + 1, device=pat.device)
     return pat[..., q, q - n + offset].mean(dim=(1, 3))
+
+
+def first_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, n_heads]`` mean attention to position 0 from query positions ``1 .. pos-1``
+    of ``tokens`` (``[batch, pos]``, ``pos >= 2``): how much each head rests on the first token."""
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise InputError(f"first_token_scores expects tokens [batch, pos] with pos >= 2; got shape "
+                         f"{tuple(tokens.shape)}.")
+    return _patterns(bridge, tokens)[..., 1:, 0].mean(dim=(1, 3))
+
+
+KINDS = ("previous_token", "induction", "duplicate_token", "first_token")
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """``scores[kind]`` is ``[n_layers, n_heads]`` in [0, 1] for each kind in :data:`KINDS`."""
+
+    scores: dict[str, torch.Tensor]
+    n_layers: int
+    n_heads: int
+
+    def __getitem__(self, kind: str) -> torch.Tensor:
+        if kind not in self.scores:
+            raise InputError(f"Unknown head score {kind!r}; expected one of {list(self.scores)}.")
+        return self.scores[kind]
+
+    def top(self, kind: str, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` highest-scoring heads of one kind, as ``("L{l}H{h}", score)``."""
+        flat = self[kind].flatten()
+        order = flat.argsort(descending=True)[:k].tolist()
+        return [(f"L{i // self.n_heads}H{i % self.n_heads}", float(flat[i])) for i in order]
+
+    def classify(self, threshold: float = 0.4) -> dict[str, list[str]]:
+        """Heads whose score of a kind is at least ``threshold``, by kind (highest first)."""
+        return {kind: [h for h, v in self.top(kind, self.n_layers * self.n_heads) if v >= threshold]
+                for kind in self.scores}
+
+    def to_dataframe(self):
+        """One row per head: layer, head, label and one column per score."""
+        return dataframe([dict(layer=L, head=h, label=f"L{L}H{h}",
+                               **{kind: float(t[L, h]) for kind, t in self.scores.items()})
+                          for L in range(self.n_layers) for h in range(self.n_heads)])
+
+
+@torch.inference_mode()
+def head_scores(bridge, n: int = 50, batch: int = 8, seed: int = 0) -> HeadScores:
+    """All four scores from one run on :func:`repeated_random_tokens` (``[batch, 1 + 2n]``).
+    On random tokens nothing but position and repetition can steer attention, so the scores
+    isolate those mechanisms. (The functions above also take your own tokens.)"""
+    tokens = repeated_random_tokens(bridge, n, batch, seed)
+    pat = _patterns(bridge, tokens)  # [layers, batch, head, q, k]
+    q_all = torch.arange(2, tokens.shape[1], device=pat.device)
+    q_rep = torch.arange(n + 1, 2 * n + 1, device=pat.device)
+    scores = {
+        "previous_token": pat[..., q_all, q_all - 1].mean(dim=(1, 3)),
+        "induction": pat[..., q_rep, q_rep - n + 1].mean(dim=(1, 3)),
+        "duplicate_token": pat[..., q_rep, q_rep - n].mean(dim=(1, 3)),
+        "first_token": pat[..., 1:, 0].mean(dim=(1, 3)),
+    }
+    return HeadScores({k: v.cpu() for k, v in scores.items()}, bridge.cfg.n_layers, bridge.cfg.n_heads)

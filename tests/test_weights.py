@@ -1,0 +1,84 @@
+"""The weights in TL shapes reproduce the activations the model computed (every family/variant)."""
+
+import pytest
+import torch
+
+from workbench import FactoredMatrix, InputError
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def norm_out(bridge, cache, name: str, layer: int | None) -> torch.Tensor:
+    """The norm module's real output, ``hook_normalized * w + b``: ``[batch, pos, d_model]``."""
+    path = (f"{bridge.adapter.blocks}.{layer}.{getattr(bridge.adapter, name)}" if layer is not None
+            else bridge.adapter.ln_final)
+    mod = bridge.model.get_submodule(path)
+    hook = f"blocks.{layer}.{name}.hook_normalized" if layer is not None else "ln_final.hook_normalized"
+    out = cache[hook] * mod.weight
+    return out + mod.bias if getattr(mod, "bias", None) is not None else out
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shapes(bridge):
+    c = bridge.cfg
+    L, H, D, dh = c.n_layers, c.n_heads, c.d_model, c.d_head
+    assert bridge.W_E.shape == (c.d_vocab, D) and bridge.W_U.shape == (D, c.d_vocab)
+    for name in ("W_Q", "W_K", "W_V"):
+        assert getattr(bridge, name).shape == (L, H, D, dh), name
+    for name in ("b_Q", "b_K", "b_V"):
+        assert getattr(bridge, name).shape == (L, H, dh), name
+    assert bridge.W_O.shape == (L, H, dh, D) and bridge.b_O.shape == (L, D)
+    assert bridge.W_in.shape == (L, D, c.d_mlp) and bridge.W_out.shape == (L, c.d_mlp, D)
+    assert bridge.b_in.shape == (L, c.d_mlp) and bridge.b_out.shape == (L, D)
+    assert bridge.b_U.shape == (c.d_vocab,)
+    qk, ov = bridge.QK, bridge.OV
+    assert isinstance(qk, FactoredMatrix) and qk.shape == (L, H, D, D) and ov.shape == (L, H, D, D)
+
+
+def test_weights_reproduce_activations(bridge):
+    c = bridge.cfg
+    logits, cache = bridge.run_with_cache(PROMPT)
+    tokens = bridge.to_tokens(PROMPT)
+    close(cache["hook_embed"], bridge.W_E[tokens])
+    if c.positional_embedding_type == "standard":
+        close(cache["hook_pos_embed"][0], bridge.W_pos[: tokens.shape[1]])
+    else:
+        with pytest.raises(InputError, match="no W_pos"):
+            _ = bridge.W_pos
+    g = c.n_heads // c.n_kv_heads
+    for layer in range(c.n_layers):
+        x = norm_out(bridge, cache, "ln1", layer)  # [b, p, D]
+        v = torch.einsum("bpd,hde->bphe", x, bridge.W_V[layer]) + bridge.b_V[layer]
+        close(v[:, :, ::g], cache["v", layer])  # hook_v is per kv head
+        q = torch.einsum("bpd,hde->bphe", x, bridge.W_Q[layer]) + bridge.b_Q[layer]
+        k = torch.einsum("bpd,hde->bphe", x, bridge.W_K[layer]) + bridge.b_K[layer]
+        if c.positional_embedding_type == "standard":
+            close(q, cache["q", layer])
+            close(k[:, :, ::g], cache["k", layer])
+        else:  # rotary leaves position 0 unrotated, and the unrotated part of each head
+            close(q[:, 0], cache["q", layer][:, 0])
+            close(k[:, 0, ::g], cache["k", layer][:, 0])
+            r = c.rotary_dim
+            close(q[..., r:], cache["q", layer][..., r:])
+        attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], bridge.W_O[layer]) + bridge.b_O[layer]
+        close(attn_out, cache["attn_out", layer])
+        x2 = norm_out(bridge, cache, "ln2", layer)
+        if c.gated_mlp:
+            close(x2 @ bridge.W_gate[layer], cache["pre", layer])
+            close(x2 @ bridge.W_in[layer], cache["pre_linear", layer])
+        else:
+            close(x2 @ bridge.W_in[layer] + bridge.b_in[layer], cache["pre", layer])
+            with pytest.raises(InputError, match="gated"):
+                _ = bridge.W_gate
+        close(cache["post", layer] @ bridge.W_out[layer] + bridge.b_out[layer], cache["mlp_out", layer])
+    close(norm_out(bridge, cache, "ln_final", None) @ bridge.W_U + bridge.b_U, logits)
+
+
+def test_qk_and_ov_circuits(bridge):
+    qk, ov = bridge.QK, bridge.OV
+    layer, head = bridge.cfg.n_layers - 1, bridge.cfg.n_heads - 1
+    close(qk[layer, head].AB, bridge.W_Q[layer, head] @ bridge.W_K[layer, head].T)
+    close(ov[layer, head].AB, bridge.W_V[layer, head] @ bridge.W_O[layer, head])

@@ -1,0 +1,148 @@
+"""Direct logit attribution: how much each component writes directly toward an answer's logit.
+
+The final residual stream is an exact sum of parts: token (and position) embeddings, each
+attention head's output ``z_h @ W_O[h]``, each layer's attention output bias ``b_O``, and each
+MLP's output. Each part is pushed through the final norm the way TransformerLens does it, with
+the norm's *cached* scale of the real run (centred first for LayerNorm), times the norm's weight,
+then dotted with the unembedding direction ``W_U[:, answer] - W_U[:, wrong]``.
+
+Identity: the contributions sum to the model's logit (difference) minus ``bias_term``, the two
+constants no component owns: the final norm's bias and the unembedding bias, dotted with the
+same direction (zero for bias-free models such as Llama).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import InputError
+from .results import dataframe, decode, encode_input, last_positions, token_ids
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
+
+
+@dataclass(frozen=True)
+class DirectLogitAttribution:
+    """Per-component direct contributions ``values [components, batch]``, labelled
+    ``labels[i]`` ("embed", "pos_embed", "L3H1", "L3 attn bias", "L3 mlp"), with ``kinds[i]`` in
+    {"embed", "head", "attn_bias", "mlp"} and ``layers[i]`` / ``heads[i]`` (-1 where not
+    applicable). ``logit_diff [batch]`` is the model's real logit (difference) at ``positions
+    [batch]``; ``bias_term [batch]`` the constant part, so ``values.sum(0) + bias_term ==
+    logit_diff``."""
+
+    labels: list[str]
+    kinds: list[str]
+    layers: list[int]
+    heads: list[int]
+    values: torch.Tensor
+    logit_diff: torch.Tensor
+    bias_term: torch.Tensor
+    positions: torch.Tensor
+    answer: list[str]
+    wrong: list[str] | None
+    n_layers: int
+    n_heads: int
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[components]``: contributions averaged over the batch."""
+        return self.values.mean(-1)
+
+    def by_head(self) -> torch.Tensor:
+        """``[n_layers, n_heads]`` batch-mean contribution of every head."""
+        out = torch.zeros(self.n_layers, self.n_heads)
+        for i, kind in enumerate(self.kinds):
+            if kind == "head":
+                out[self.layers[i], self.heads[i]] = self.mean[i]
+        return out
+
+    def by_layer(self) -> dict[str, torch.Tensor]:
+        """``{"attn": [n_layers], "mlp": [n_layers]}`` batch-mean contributions (attn = its heads
+        plus its output bias), and ``"embed"`` (a 0-d tensor)."""
+        attn, mlp, embed = torch.zeros(self.n_layers), torch.zeros(self.n_layers), torch.zeros(())
+        for i, kind in enumerate(self.kinds):
+            if kind in ("head", "attn_bias"):
+                attn[self.layers[i]] += self.mean[i]
+            elif kind == "mlp":
+                mlp[self.layers[i]] += self.mean[i]
+            else:
+                embed += self.mean[i]
+        return {"embed": embed, "attn": attn, "mlp": mlp}
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` components with the largest absolute batch-mean contribution."""
+        order = self.mean.abs().argsort(descending=True)[:k]
+        return [(self.labels[i], float(self.mean[i])) for i in order]
+
+    def to_dataframe(self):
+        """One row per component: label, kind, layer, head, batch-mean contribution."""
+        return dataframe([dict(component=lab, kind=kd, layer=L, head=h, contribution=float(v))
+                          for lab, kd, L, h, v in zip(self.labels, self.kinds, self.layers, self.heads,
+                                                      self.mean, strict=True)])
+
+
+@torch.inference_mode()
+def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any = None, *,
+                             position: int | None = None) -> DirectLogitAttribution:
+    """Direct logit attribution of ``input`` (a string, list of strings or tokens
+    ``[batch, pos]``) toward ``answer`` (minus ``wrong`` if given): one token (id or one-token
+    string) or one per prompt. ``position``: which position's logits (default: each prompt's
+    last real token, whatever the padding side)."""
+    enc = encode_input(bridge, input)
+    batch, n_pos = enc.tokens.shape
+    ans = token_ids(bridge, answer, batch, "answer")
+    bad = token_ids(bridge, wrong, batch, "wrong") if wrong is not None else None
+    if position is None:
+        pos = last_positions(enc.attention_mask)
+    else:
+        if not -n_pos <= position < n_pos:
+            raise InputError(f"position must be in [{-n_pos}, {n_pos}) for {n_pos} tokens; got {position}.")
+        pos = torch.full((batch,), position % n_pos, device=enc.tokens.device)
+    logits, cache = bridge.run_with_cache(enc.tokens, attention_mask=enc.attention_mask)
+    rows = torch.arange(batch, device=pos.device)
+    final = logits[rows, pos].float()  # [batch, d_vocab]
+    logit_diff = final[rows, ans] - (final[rows, bad] if bad is not None else 0)
+
+    c = bridge.cfg
+    parts, labels, kinds, layers, heads = [], [], [], [], []
+    for name in ("hook_embed", "hook_pos_embed"):
+        if name in cache:
+            parts.append(cache[name][rows, pos])
+            labels.append(name[5:])
+            kinds.append("embed"), layers.append(-1), heads.append(-1)
+    b_O, ctx = bridge.b_O, cache.context
+    for L in range(c.n_layers):
+        z = cache["z", L][rows, pos]  # [batch, heads, d_head]
+        parts.extend(torch.einsum("bhd,hdm->hbm", z, ctx.W_O(L).to(z.dtype)).unbind(0))
+        labels += [f"L{L}H{h}" for h in range(c.n_heads)]
+        kinds += ["head"] * c.n_heads
+        layers += [L] * c.n_heads
+        heads += list(range(c.n_heads))
+        parts.append(b_O[L].to(z.dtype).expand(batch, -1))
+        labels.append(f"L{L} attn bias"), kinds.append("attn_bias"), layers.append(L), heads.append(-1)
+        parts.append(cache["mlp_out", L][rows, pos])
+        labels.append(f"L{L} mlp"), kinds.append("mlp"), layers.append(L), heads.append(-1)
+    stack = torch.stack(parts).float()  # [components, batch, d_model]
+    scale = cache["ln_final.hook_scale"][rows, pos].float()  # [batch, 1]
+    if c.normalization_type.startswith("LN"):
+        stack = stack - stack.mean(-1, keepdim=True)
+    W_U, b_U = bridge.W_U.float(), bridge.b_U.float()
+    direction = W_U[:, ans].T - (W_U[:, bad].T if bad is not None else 0)  # [batch, d_model]
+    constant = b_U[ans] - (b_U[bad] if bad is not None else 0)  # [batch]
+    ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
+    ln_bias = getattr(ln_final, "bias", None)
+    if ln_bias is not None:  # the norm's bias goes straight into the unembedding
+        constant = constant + direction @ ln_bias.float()
+    if getattr(ln_final, "weight", None) is not None:
+        direction = direction * ln_final.weight.float()
+    values = ((stack / scale) * direction).sum(-1)  # [components, batch]
+    return DirectLogitAttribution(
+        labels=labels, kinds=kinds, layers=layers, heads=heads, values=values.cpu(),
+        logit_diff=logit_diff.cpu(), bias_term=constant.cpu(), positions=pos.cpu(),
+        answer=decode(bridge, ans.tolist()),
+        wrong=decode(bridge, bad.tolist()) if bad is not None else None,
+        n_layers=c.n_layers, n_heads=c.n_heads)

@@ -1,0 +1,60 @@
+"""Small helpers shared by the analyses: input encoding, token arguments, data frames."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import InputError
+from .tokens import Encoded, decode_each
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
+
+
+def encode_input(bridge: Bridge, input: Any) -> Encoded:
+    """Tokens ``[batch, pos]`` and mask of a string, list of strings or token tensor."""
+    return bridge._encode_input(input, None, None, None)
+
+
+def last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``[batch]`` index of each row's last real token (left or right padding)."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask.bool(), pos, -1).max(dim=1).values
+
+
+def token_ids(bridge: Bridge, tokens: Any, batch: int, what: str) -> torch.Tensor:
+    """``[batch]`` token ids from an int, a one-token string, or a sequence of either (one per
+    prompt)."""
+    if isinstance(tokens, (int, str)):
+        tokens = [tokens] * batch
+    if isinstance(tokens, torch.Tensor):
+        ids = tokens.flatten().tolist()
+    else:
+        ids = [bridge.to_single_token(t) if isinstance(t, str) else int(t) for t in tokens]
+    if len(ids) == 1:
+        ids = ids * batch
+    if len(ids) != batch:
+        raise InputError(f"{what}: expected one token or one per prompt ({batch}); got {len(ids)}. "
+                         "Pass a single token, or a list as long as the batch.")
+    bad = [i for i in ids if not 0 <= i < bridge.cfg.d_vocab]
+    if bad:
+        raise InputError(f"{what}: token ids must be in [0, {bridge.cfg.d_vocab}); got {bad[:5]}.")
+    return torch.tensor(ids, device=bridge.cfg.device)
+
+
+def decode(bridge: Bridge, ids: list[int]) -> list[str]:
+    """One string per token id (the id itself, as a string, when the bridge has no tokenizer)."""
+    if bridge.tokenizer is None:
+        return [str(i) for i in ids]
+    return decode_each(bridge.tokenizer, ids)
+
+
+def dataframe(rows: list[dict]):
+    """A pandas DataFrame of ``rows`` (pandas is imported only here)."""
+    try:
+        import pandas as pd
+    except ImportError as err:  # pragma: no cover - pandas is a dependency
+        raise ImportError("to_dataframe() needs pandas: pip install pandas") from err
+    return pd.DataFrame(rows)
