@@ -77,10 +77,11 @@ CELLS = [
 ]
 
 
-def build(path: Path) -> None:
+def build(path: Path, cells: list[tuple[str, str]]) -> None:
+    """Write ``cells`` (("md" | "code", source) pairs) to ``path`` and execute it in place."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md"
-                else nbformat.v4.new_code_cell(src) for kind, src in CELLS]
+                else nbformat.v4.new_code_cell(src) for kind, src in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -89,4 +90,4 @@ def build(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    build(Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb")
+    build(Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb", CELLS)
