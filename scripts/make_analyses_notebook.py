@@ -29,7 +29,7 @@ CELLS = [
              "tuple(bridge.W_U.shape))\n"
              "ov = bridge.OV[3, 3]  # one head's OV circuit, d_model x d_model, rank <= d_head\n"
              "print(ov)\n"
-             "print('top singular values:', ov.S[:5].round(decimals=3).tolist())\n"
+             "print('top singular values:', [round(v, 3) for v in ov.S[:5].tolist()])\n"
              "print('Frobenius norm:', round(float(ov.norm()), 3), '==', "
              "round(float(torch.linalg.matrix_norm(ov.AB)), 3))"),
     ("md", "## Weight processing\n\nOpt-in, as in TransformerLens: fold each norm's weight into "
@@ -38,7 +38,7 @@ CELLS = [
            "not change."),
     ("code", "processed = Bridge.from_pretrained('workbench-demo', fold_ln=True)\n"
              "print(processed.processing)\n"
-             "(processed(prompt) - bridge(prompt)).abs().max()"),
+             "print('max |logit change|:', float((processed(prompt) - bridge(prompt)).abs().max()))"),
     ("md", "## Logit lens\n\nApply the final norm and unembedding to the residual stream after "
            "each block: what would the model predict if it stopped there? The last row is the "
            "model's own prediction."),
@@ -56,7 +56,7 @@ CELLS = [
     ("code", "dla = direct_logit_attribution(bridge, prompt, io, s)\n"
              "print('logit diff', round(float(dla.logit_diff[0]), 3), ' sum of parts',\n"
              "      round(float(dla.values.sum() + dla.bias_term[0]), 3))\n"
-             "fig = px.imshow(dla.by_head().numpy(), color_continuous_scale='RdBu', zmid=0,\n"
+             "fig = px.imshow(dla.by_head().numpy(), color_continuous_scale='RdBu', color_continuous_midpoint=0,\n"
              "                labels=dict(x='head', y='layer', color='logit diff'),\n"
              "                title='direct effect of each head on logit(IO) - logit(S)')\n"
              "fig.show()\n"
@@ -78,7 +78,7 @@ CELLS = [
     ("code", "comp = composition_scores(bridge, 'k', baseline=True)\n"
              "labels = comp.labels\n"
              "fig = px.imshow(comp.matrix().numpy(), x=labels, y=labels, color_continuous_scale='RdBu',\n"
-             "                zmid=0, labels=dict(x='later head (reads)', y='earlier head (writes)',\n"
+             "                color_continuous_midpoint=0, labels=dict(x='later head (reads)', y='earlier head (writes)',\n"
              "                                    color='K-comp - baseline'))\n"
              "fig.show()\n"
              "prev_head = scores.top('previous_token', 1)[0][0]\n"
