@@ -84,3 +84,20 @@ def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(bridge):
     # and per component it is the normalized component times the norm's weight, unembedded
     per = cache.decompose_resid(pos_slice=-1, apply_ln=True) * ln.weight
     close(attrs[:, 0], (per @ direction)[:, 0], 1e-4)
+
+
+def test_views_are_kept_only_when_they_cover_their_buffer(run):
+    """GPT-2's q/k/v are slices of one fused projection output: cached together they stay views of
+    that buffer (no copies); cached alone, a slice is copied so it does not pin the whole buffer."""
+    bridge = run[0]
+    if bridge.adapter.qkv_layout == "split":
+        pytest.skip("separate Q/K/V projections: no shared buffer")
+    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v"]
+    _, both = bridge.run_with_cache(PROMPT, names_filter=names)
+    _, alone = bridge.run_with_cache(PROMPT, names_filter=names[:1])
+    q_alone = alone[names[0]]
+    assert q_alone.untyped_storage().nbytes() == q_alone.numel() * q_alone.element_size()
+    torch.testing.assert_close(q_alone, both[names[0]])
+    if bridge.cfg.positional_embedding_type == "standard":  # rotary q/k are new tensors
+        ptrs = {both[n].untyped_storage().data_ptr() for n in names}
+        assert len(ptrs) == 1 and both.nbytes() == sum(both[n].numel() * 4 for n in names)

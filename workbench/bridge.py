@@ -274,11 +274,8 @@ class Bridge:
         w.r.t. every cached activation is stored as ``name + "_grad"``."""
         store: dict[str, torch.Tensor] = {}
 
-        def keep(tensor):  # a view into a bigger buffer (fused QKV) is copied, so the cache
-            t = tensor.detach()  # holds exactly the bytes it shows
-            if t.untyped_storage().nbytes() > t.numel() * t.element_size():
-                t = t.clone()
-            return t if device is None else t.to(device)
+        def keep(tensor):  # moved as it comes, so a GPU run can cache to the CPU
+            return tensor.detach() if device is None else tensor.detach().to(device)
 
         def save(tensor, hook):
             store[hook.name] = keep(tensor)
@@ -301,7 +298,7 @@ class Bridge:
                             "pass return_type='loss'."
                         )
                     out.backward()
-        cache = ActivationCache(store, self.cfg.n_layers, context=self._cache_context)
+        cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
     # -- tokens ----------------------------------------------------------------------------
@@ -401,6 +398,23 @@ class Bridge:
         if hits.numel() == 0:
             raise InputError(f"Token {single_token!r} (id {tid}) does not occur in the prompt.")
         return int(hits[0] if mode == "first" else hits[-1])
+
+
+def _own_bytes(store: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cache exactly the bytes shown: a view into a bigger buffer (e.g. q, k and v slices of a fused
+    QKV output) is kept as a view only when the cached views of that buffer cover all of it, and
+    copied otherwise (so caching one slice does not pin the whole buffer)."""
+    shown: dict[int, int] = {}
+    for t in store.values():
+        ptr = t.untyped_storage().data_ptr()
+        shown[ptr] = shown.get(ptr, 0) + t.numel() * t.element_size()
+    out = {}
+    for name, t in store.items():
+        storage = t.untyped_storage()
+        if storage.nbytes() > t.numel() * t.element_size() and shown[storage.data_ptr()] < storage.nbytes():
+            t = t.clone()
+        out[name] = t
+    return out
 
 
 def _weight_or_none(module: nn.Module) -> torch.Tensor | None:
