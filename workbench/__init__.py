@@ -18,11 +18,16 @@ from .head_scores import HeadScores, head_scores
 from .hook_info import HookInfo
 from .hook_points import AttachedHook, HookPoint
 from .lens import LogitLens, logit_lens
+from .metrics import Metric
+from .patch_engine import Cancelled
+from .patch_result import PatchResult
+from .patching import patch_sweep
 
 __all__ = [
-    "ActivationCache", "AttachedHook", "Bridge", "BridgeConfig", "CompositionScores",
+    "ActivationCache", "AttachedHook", "Bridge", "BridgeConfig", "Cancelled", "CompositionScores",
     "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo",
-    "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "TokenizerError",
+    "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric", "PatchResult",
+    "TokenizerError",
     "UnsupportedModelError", "WorkbenchError", "composition_scores", "direct_logit_attribution",
-    "head_scores", "logit_lens",
+    "head_scores", "logit_lens", "patch_sweep",
 ]
