@@ -1,6 +1,7 @@
 """The workbench's bridge core: any HF causal LM behind TransformerLens-named hook points."""
 
 from .attribution import DirectLogitAttribution, direct_logit_attribution
+from .attribution_patching import AttributionResult, attribution_sweep
 from .bridge import Bridge, ForwardOutput
 from .cache import ActivationCache
 from .composition import CompositionScores, composition_scores
@@ -22,12 +23,13 @@ from .metrics import Metric
 from .patch_engine import Cancelled
 from .patch_result import PatchResult
 from .patching import patch_sweep
+from .path_patching import PathPatchResult, path_patch, path_patch_sweep
 
 __all__ = [
-    "ActivationCache", "AttachedHook", "Bridge", "BridgeConfig", "Cancelled", "CompositionScores",
-    "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo",
-    "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric", "PatchResult",
-    "TokenizerError",
-    "UnsupportedModelError", "WorkbenchError", "composition_scores", "direct_logit_attribution",
-    "head_scores", "logit_lens", "patch_sweep",
+    "ActivationCache", "AttachedHook", "AttributionResult", "Bridge", "BridgeConfig", "Cancelled",
+    "CompositionScores", "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores",
+    "HookInfo", "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
+    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "WorkbenchError",
+    "attribution_sweep", "composition_scores", "direct_logit_attribution", "head_scores",
+    "logit_lens", "patch_sweep", "path_patch", "path_patch_sweep",
 ]
