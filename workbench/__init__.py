@@ -4,6 +4,7 @@ from .attribution import DirectLogitAttribution, direct_logit_attribution
 from .attribution_patching import AttributionResult, attribution_sweep
 from .bridge import Bridge, ForwardOutput
 from .cache import ActivationCache
+from .cell_patch import CellPatch, CellPatcher, patch_cell
 from .composition import CompositionScores, composition_scores
 from .config import BridgeConfig
 from .errors import (
@@ -20,6 +21,7 @@ from .hook_info import HookInfo
 from .hook_points import AttachedHook, HookPoint
 from .lens import LogitLens, logit_lens
 from .metrics import Metric
+from .patch_cost import CostEstimate, estimate_cost
 from .patch_engine import Cancelled
 from .patch_result import PatchResult
 from .patching import patch_sweep
@@ -27,9 +29,10 @@ from .path_patching import PathPatchResult, path_patch, path_patch_sweep
 
 __all__ = [
     "ActivationCache", "AttachedHook", "AttributionResult", "Bridge", "BridgeConfig", "Cancelled",
-    "CompositionScores", "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores",
-    "HookInfo", "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
-    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "WorkbenchError",
-    "attribution_sweep", "composition_scores", "direct_logit_attribution", "head_scores",
-    "logit_lens", "patch_sweep", "path_patch", "path_patch_sweep",
+    "CellPatch", "CellPatcher", "CompositionScores", "CostEstimate", "DirectLogitAttribution",
+    "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo", "HookNameError", "HookPoint",
+    "HookShapeError", "InputError", "LogitLens", "Metric", "PatchResult", "PathPatchResult",
+    "TokenizerError", "UnsupportedModelError", "WorkbenchError", "attribution_sweep",
+    "composition_scores", "direct_logit_attribution", "estimate_cost", "head_scores", "logit_lens",
+    "patch_cell", "patch_sweep", "path_patch", "path_patch_sweep",
 ]
