@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import no_torch_hooks
+from test_patching import CLEAN, CORRUPTED, answer_metric, sharpen
 
 from workbench import InputError
 from workbench.attribution_patching import AttributionResult, attribution_sweep
@@ -15,28 +16,12 @@ from workbench.demo_data import TRAIN_NAMES, ioi_prompts
 from workbench.metrics import logit_diff, normalized
 from workbench.patching import patch_sweep
 
-CLEAN = ["Mary&J", "Anna&B"]
-CORRUPTED = ["John&J", "Bert&B"]
 CASES = [(s, "pos") for s in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")] + [
     (s, i) for s in ("z", "q", "k", "v", "result", "pattern") for i in ("head", "head_pos")]
 # the last block's sites that reach the logits linearly once the final norm is the identity
 # (mlp_out, resid_post) and once its MLP is zero too (the others; q and k go through the softmax)
 OUTPUT_SITES = [("mlp_out", "pos"), ("resid_post", "pos")]
 ATTENTION_SITES = [c for c in CASES if c[0] not in ("resid_pre", "q", "k", *dict(OUTPUT_SITES))]
-
-
-def sharpen(bridge):
-    """Scaled-up weights, so that every patch moves the metric well above the tolerance."""
-    with torch.no_grad():
-        for p in bridge.model.parameters():
-            if p.ndim == 2:
-                p.mul_(4.0)
-    return bridge
-
-
-def answer_metric(bridge):
-    diff = (bridge(CLEAN)[:, -1] - bridge(CORRUPTED)[:, -1]).mean(0)
-    return logit_diff(bridge, int(diff.argmax()), int(diff.argmin()))
 
 
 def identity_final_norm(bridge):

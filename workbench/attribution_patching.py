@@ -33,12 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import InputError
 from .metrics import Metric, as_metric, check_output
 from .patch_result import PatchResult, position_labels
 from .patch_sites import Site, check_heads, check_layers, resolve_site
-from .patching import _pairs, _tokens, patch_sweep
-from .results import decode
+from .patching import patch_prompts, patch_sweep
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -158,23 +156,18 @@ def attribution_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     metric plus the estimated change. ``exact=True`` also runs :func:`patch_sweep` and fills in
     ``exact_values`` and ``correlation``. Works under ``torch.inference_mode`` too."""
     spec = resolve_site(bridge, site, index)
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted "
-                         f"into clean); got {direction!r}.")
     layer_list, head_list = check_layers(bridge, layers), check_heads(spec, heads)
     user_metric = as_metric(metric)
-    clean_t, corrupted_t = _tokens(bridge, clean, corrupted)
-    clean_str = decode(bridge, clean_t[0].tolist())
-    corrupted_str = decode(bridge, corrupted_t[0].tolist())
-    pairs = _pairs(clean_str, corrupted_str, positions, spec)
+    prompts = patch_prompts(bridge, clean, corrupted, direction, positions, spec)
+    pairs, base, source = prompts.pairs, prompts.base, prompts.source
+    clean_str, corrupted_str = prompts.clean_str, prompts.corrupted_str
     denoise = direction == "denoise"
-    base, source = (corrupted_t, clean_t) if denoise else (clean_t, corrupted_t)
     names = [spec.hook(L) for L in dict.fromkeys(layer_list)]
     with torch.inference_mode():
         src_logits, src_cache = bridge.run_with_cache(source, names_filter=names)
     prepared, base_per, clean_per, corrupted_per, acts, grads = _gradients(
         bridge, base, names, user_metric, src_logits, denoise)
-    pair_t = torch.tensor([(c, d) if denoise else (d, c) for c, d in pairs], device=base.device)
+    pair_t = prompts.pair_tensor
     with torch.no_grad():
         delta = torch.stack([_cells(spec, src_cache[spec.hook(L)], acts[spec.hook(L)],
                                     grads.get(spec.hook(L)), pair_t, head_list)

@@ -34,7 +34,7 @@ from .errors import InputError
 from .metrics import Metric
 from .patch_engine import PatchPlan, auto_batch_size, bytes_per_cell, chunk_start, order_cells
 from .patch_sites import check_heads, check_layers, enumerate_cells, resolve_site
-from .patching import _pairs, _tokens
+from .patching import align_positions, pair_tokens
 from .results import decode, encode_input
 
 if TYPE_CHECKING:
@@ -153,8 +153,8 @@ def _prompt(bridge: Bridge, clean: Any, corrupted: Any, positions: Mapping[int, 
                              "needs prompts of one length per batch.")
         clean_t = corrupted_t = enc.tokens
     else:
-        clean_t, corrupted_t = _tokens(bridge, clean, corrupted)
-    pairs = _pairs(decode(bridge, clean_t[0].tolist()), decode(bridge, corrupted_t[0].tolist()),
+        clean_t, corrupted_t = pair_tokens(bridge, clean, corrupted)
+    pairs = align_positions(decode(bridge, clean_t[0].tolist()), decode(bridge, corrupted_t[0].tolist()),
                    positions, site)
     return corrupted_t, pairs
 

@@ -56,7 +56,7 @@ class Prepared:
     corrupted_str: list[str]
 
 
-def _tokens(bridge: Bridge, clean: Any, corrupted: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_tokens(bridge: Bridge, clean: Any, corrupted: Any) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for name, x in (("clean", clean), ("corrupted", corrupted)):
         enc = encode_input(bridge, x)
@@ -71,7 +71,7 @@ def _tokens(bridge: Bridge, clean: Any, corrupted: Any) -> tuple[torch.Tensor, t
     return out[0], out[1]
 
 
-def _pairs(clean: list[str], corrupted: list[str], positions: Mapping[int, int] | None,
+def align_positions(clean: list[str], corrupted: list[str], positions: Mapping[int, int] | None,
            site: Site) -> list[tuple[int, int]]:
     """Aligned (clean pos, corrupted pos) pairs, or an InputError showing both tokenizations."""
     nc, nd = len(clean), len(corrupted)
@@ -96,6 +96,37 @@ def _pairs(clean: list[str], corrupted: list[str], positions: Mapping[int, int] 
         raise InputError("Patching attention patterns needs prompts of the same length (a pattern row "
                          f"spans every key); got {nc} and {nd} tokens.")
     return pairs
+
+
+@dataclass(frozen=True)
+class PatchPrompts:
+    """Checked prompts of a patching run: token strings of the first prompt, the aligned
+    ``pairs`` (clean pos, corrupted pos), the ``base`` (patched) and ``source`` tokens
+    ``[batch, pos]``, and ``pair_tensor [n_pairs, 2]`` as (source pos, base pos)."""
+
+    clean_str: list[str]
+    corrupted_str: list[str]
+    pairs: list[tuple[int, int]]
+    base: torch.Tensor
+    source: torch.Tensor
+    pair_tensor: torch.Tensor
+
+
+def patch_prompts(bridge: Bridge, clean: Any, corrupted: Any, direction: str,
+                  positions: Mapping[int, int] | None, site: Site) -> PatchPrompts:
+    """Check ``direction``, tokenize and align the prompts; which one is patched follows
+    ``direction`` ("denoise": the corrupted prompt runs with clean activations)."""
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted "
+                         f"into clean); got {direction!r}.")
+    clean_t, corrupted_t = pair_tokens(bridge, clean, corrupted)
+    clean_str = decode(bridge, clean_t[0].tolist())
+    corrupted_str = decode(bridge, corrupted_t[0].tolist())
+    pairs = align_positions(clean_str, corrupted_str, positions, site)
+    denoise = direction == "denoise"
+    base, source = (corrupted_t, clean_t) if denoise else (clean_t, corrupted_t)
+    pair_t = torch.tensor([(c, d) if denoise else (d, c) for c, d in pairs], device=base.device)
+    return PatchPrompts(clean_str, corrupted_str, pairs, base, source, pair_t)
 
 
 def _runs(bridge: Bridge, base: torch.Tensor, source: torch.Tensor, site: Site,
@@ -133,18 +164,13 @@ def prepare_patching(bridge: Bridge, clean: Any, corrupted: Any, site: Site | st
     ``site``: a :class:`~workbench.patch_sites.Site` or a site name (default index)."""
     if isinstance(site, str):
         site = resolve_site(bridge, site, None)
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted "
-                         f"into clean); got {direction!r}.")
     metric = as_metric(metric)
     if bridge.attached_hooks():  # the user's hooks must see every block and position: no skipping
         skip_blocks = reuse_prefix = False
-    clean_t, corrupted_t = _tokens(bridge, clean, corrupted)
-    clean_str = decode(bridge, clean_t[0].tolist())
-    corrupted_str = decode(bridge, corrupted_t[0].tolist())
-    pairs = _pairs(clean_str, corrupted_str, positions, site)
+    prompts = patch_prompts(bridge, clean, corrupted, direction, positions, site)
+    pairs, base, source = prompts.pairs, prompts.base, prompts.source
+    clean_str, corrupted_str = prompts.clean_str, prompts.corrupted_str
     denoise = direction == "denoise"
-    base, source = (corrupted_t, clean_t) if denoise else (clean_t, corrupted_t)
     src_logits, src_acts, base_logits, resid, kv = _runs(bridge, base, source, site, skip_blocks,
                                                          reuse_prefix)
     clean_logits, corrupted_logits = (src_logits, base_logits) if denoise else (base_logits, src_logits)
@@ -153,12 +179,11 @@ def prepare_patching(bridge: Bridge, clean: Any, corrupted: Any, site: Site | st
     clean_per = check_output(metric(clean_logits), batch, metric.name).float().cpu()
     corrupted_per = check_output(metric(corrupted_logits), batch, metric.name).float().cpu()
     read = None if metric.positions is None else tuple(p % n_base for p in metric.positions)
-    pair_t = torch.tensor([(c, d) if denoise else (d, c) for c, d in pairs], device=base.device)
-    plan = PatchPlan(bridge, site, base, src_acts, pair_t, resid, kv, metric, read)
+    plan = PatchPlan(bridge, site, base, src_acts, prompts.pair_tensor, resid, kv, metric, read)
     return Prepared(plan, direction, pairs, clean_per, corrupted_per, clean_str, corrupted_str)
 
 
-def _progress(progress: ProgressArg, total: int):
+def progress_callback(progress: ProgressArg, total: int):
     """``(callback(done, total) -> keep going?, close)`` for the ``progress`` argument."""
     if progress is None or progress is False:
         return None, lambda: None
@@ -218,7 +243,7 @@ def patch_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     plan, batch = prep.plan, prep.plan.batch
     cells = enumerate_cells(spec, layer_list, len(prep.pairs), head_list)
     size = batch_size or auto_batch_size(plan, memory_budget)
-    tick, close = _progress(progress, len(cells))
+    tick, close = progress_callback(progress, len(cells))
     try:
         flat, done, n_forward = run_cells(plan, cells, size, tick)
     finally:

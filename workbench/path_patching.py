@@ -34,7 +34,7 @@ from .metrics import Metric, as_metric, check_output
 from .patch_engine import PatchPlan, auto_batch_size
 from .patch_result import PatchResult
 from .patch_sites import resolve_site
-from .patching import ProgressArg, _pairs, _progress, _tokens
+from .patching import ProgressArg, align_positions, pair_tokens, progress_callback
 from .results import dataframe, decode
 
 if TYPE_CHECKING:
@@ -160,8 +160,8 @@ def _setup(bridge: Bridge, clean: Any, corrupted: Any, metric: Any, direction: s
         raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted "
                          f"into clean); got {direction!r}.")
     metric = as_metric(metric)
-    clean_t, corrupted_t = _tokens(bridge, clean, corrupted)
-    pairs = _pairs(decode(bridge, clean_t[0].tolist()), decode(bridge, corrupted_t[0].tolist()),
+    clean_t, corrupted_t = pair_tokens(bridge, clean, corrupted)
+    pairs = align_positions(decode(bridge, clean_t[0].tolist()), decode(bridge, corrupted_t[0].tolist()),
                    positions, resolve_site(bridge, "z", None))
     denoise = direction == "denoise"
     base, source = (corrupted_t, clean_t) if denoise else (clean_t, corrupted_t)
@@ -265,7 +265,7 @@ def path_patch_sweep(bridge: Bridge, clean: Any, corrupted: Any, *,
     plan = PatchPlan(bridge, resolve_site(bridge, "z", None), s.base, [], s.pairs, None, None, s.metric, None)
     size = batch_size or auto_batch_size(plan, memory_budget)  # memory per sender ~ per patched cell
     per_prompt = torch.full((cfg.n_layers, cfg.n_heads, s.base.shape[0]), float("nan"))
-    tick, close = _progress(progress, len(senders))
+    tick, close = progress_callback(progress, len(senders))
     done = n_forward = 0
     try:
         for i in range(0, len(senders), size):
