@@ -119,7 +119,7 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
         value = site.v.fire(value.transpose(1, 2)).transpose(1, 2)
     key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
 
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)  # in place: no second buffer
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None and attention_mask.dtype != torch.bool:
