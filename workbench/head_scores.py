@@ -40,9 +40,24 @@ def previous_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
     if tokens.ndim != 2 or tokens.shape[1] < 3:
         raise InputError(f"previous_token_scores expects tokens [batch, pos] with pos >= 3; got "
                          f"shape {tuple(tokens.shape)}. Pass e.g. bridge.to_tokens(texts).")
-    pat = _patterns(bridge, tokens)
-    q = torch.arange(2, tokens.shape[1], device=pat.device)
+    return _previous(_patterns(bridge, tokens))
+
+
+def _previous(pat: torch.Tensor) -> torch.Tensor:
+    """``[layers, heads]`` from patterns ``[layers, batch, head, q, k]``: attention to ``q - 1``."""
+    q = torch.arange(2, pat.shape[-2], device=pat.device)
     return pat[..., q, q - 1].mean(dim=(1, 3))
+
+
+def _repeat(pat: torch.Tensor, n: int, offset: int) -> torch.Tensor:
+    """``[layers, heads]``: attention from query ``q`` in the repeat to key ``q - n + offset``."""
+    q = torch.arange(n + 1, 2 * n + 1, device=pat.device)
+    return pat[..., q, q - n + offset].mean(dim=(1, 3))
+
+
+def _first(pat: torch.Tensor) -> torch.Tensor:
+    """``[layers, heads]``: attention to position 0 from query positions ``1 ..``."""
+    return pat[..., 1:, 0].mean(dim=(1, 3))
 
 
 def repeated_random_tokens(bridge, n: int = 50, batch: int = 8, seed: int = 0) -> torch.Tensor:
@@ -80,9 +95,7 @@ def _repeat_scores(bridge, tokens: torch.Tensor, what: str, offset: int) -> torc
         raise InputError(f"{what} expects the second half to repeat the first "
                          "(tokens[:, 1:n+1] == tokens[:, n+1:]); it does not. Use "
                          "repeated_random_tokens(bridge, n).")
-    pat = _patterns(bridge, tokens)
-    q = torch.arange(n + 1, 2 * n + 1, device=pat.device)
-    return pat[..., q, q - n + offset].mean(dim=(1, 3))
+    return _repeat(_patterns(bridge, tokens), n, offset)
 
 
 def first_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
@@ -91,7 +104,7 @@ def first_token_scores(bridge, tokens: torch.Tensor) -> torch.Tensor:
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise InputError(f"first_token_scores expects tokens [batch, pos] with pos >= 2; got shape "
                          f"{tuple(tokens.shape)}.")
-    return _patterns(bridge, tokens)[..., 1:, 0].mean(dim=(1, 3))
+    return _first(_patterns(bridge, tokens))
 
 
 KINDS = ("previous_token", "induction", "duplicate_token", "first_token")
@@ -135,12 +148,6 @@ def head_scores(bridge, n: int = 50, batch: int = 8, seed: int = 0) -> HeadScore
     isolate those mechanisms. (The functions above also take your own tokens.)"""
     tokens = repeated_random_tokens(bridge, n, batch, seed)
     pat = _patterns(bridge, tokens)  # [layers, batch, head, q, k]
-    q_all = torch.arange(2, tokens.shape[1], device=pat.device)
-    q_rep = torch.arange(n + 1, 2 * n + 1, device=pat.device)
-    scores = {
-        "previous_token": pat[..., q_all, q_all - 1].mean(dim=(1, 3)),
-        "induction": pat[..., q_rep, q_rep - n + 1].mean(dim=(1, 3)),
-        "duplicate_token": pat[..., q_rep, q_rep - n].mean(dim=(1, 3)),
-        "first_token": pat[..., 1:, 0].mean(dim=(1, 3)),
-    }
+    scores = {"previous_token": _previous(pat), "induction": _repeat(pat, n, 1),
+              "duplicate_token": _repeat(pat, n, 0), "first_token": _first(pat)}
     return HeadScores({k: v.cpu() for k, v in scores.items()}, bridge.cfg.n_layers, bridge.cfg.n_heads)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InputError
-from .results import dataframe, decode, encode_input, token_ids
+from .results import check_layers, dataframe, decode, encode_input, token_ids
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -70,12 +70,8 @@ def _site_names(bridge: Bridge, sites, layers) -> list[tuple[str, int, str]]:
     bad = [s for s in sites if s not in SITES]
     if bad:
         raise InputError(f"sites must be among {SITES} or 'all'; got {bad}.")
-    n = bridge.cfg.n_layers
-    layers = range(n) if layers is None else [int(L) % n if -n <= int(L) < n else int(L) for L in layers]
     out = []
-    for L in layers:
-        if not 0 <= L < n:
-            raise InputError(f"layers must be in [0, {n}) (negative counts from the end); got {L}.")
+    for L in check_layers(bridge, layers):
         for s in SITES:  # forward order within a block
             if s in sites and not (s == "resid_mid" and bridge.cfg.parallel_attn_mlp):
                 out.append((f"blocks.{L}.hook_{s}", L, s))

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .results import check_layers  # noqa: F401 (re-exported for the patching modules)
 
 # site -> (hook suffix, tensor kind). Kinds: "resid" [b, pos, d]; "head" [b, pos, heads, d];
 # "pattern" [b, heads, q_pos, k_pos].
@@ -124,22 +125,6 @@ def enumerate_cells(site: Site, layers: list[int], n_pairs: int, heads: list[int
         named = dict(zip(site.axes, idx, strict=True))
         cells.append(Cell(named["layer"], named.get("head", -1), named.get("pos", -1), flat))
     return cells
-
-
-def check_layers(bridge, layers) -> list[int]:
-    """Layer indices (negative count from the end), or an InputError with the valid range."""
-    n = bridge.cfg.n_layers
-    if layers is None:
-        return list(range(n))
-    out = []
-    for L in [layers] if isinstance(layers, int) else list(layers):
-        if not isinstance(L, int) or not -n <= L < n:
-            raise InputError(f"Layer {L!r} does not exist: this model has layers 0..{n - 1} "
-                             f"(or -{n}..-1 from the end).")
-        out.append(L % n)
-    if not out:
-        raise InputError("layers is empty; give at least one layer (or None for all).")
-    return out
 
 
 def check_heads(site: Site, heads) -> list[int]:

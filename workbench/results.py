@@ -24,6 +24,22 @@ def last_positions(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1).max(dim=1).values
 
 
+def check_layers(bridge, layers) -> list[int]:
+    """Layer indices (negative count from the end), or an InputError with the valid range."""
+    n = bridge.cfg.n_layers
+    if layers is None:
+        return list(range(n))
+    out = []
+    for L in [layers] if isinstance(layers, int) else list(layers):
+        if not isinstance(L, int) or not -n <= L < n:
+            raise InputError(f"Layer {L!r} does not exist: this model has layers 0..{n - 1} "
+                             f"(or -{n}..-1 from the end).")
+        out.append(L % n)
+    if not out:
+        raise InputError("layers is empty; give at least one layer (or None for all).")
+    return out
+
+
 def token_ids(bridge: Bridge, tokens: Any, batch: int, what: str) -> torch.Tensor:
     """``[batch]`` token ids from an int, a one-token string, or a sequence of either (one per
     prompt)."""

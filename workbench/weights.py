@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .adapters import split_out_proj
 from .errors import InputError
 from .factored import FactoredMatrix
 
@@ -111,8 +112,8 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
 
 def _W_O(bridge: Bridge) -> torch.Tensor:
     c, a = bridge.cfg, bridge.adapter
-    return _stack(bridge, lambda layer: in_out(_block(bridge, layer, a.attn_out_proj), a.linear_layout)[0]
-                  .reshape(c.n_heads, c.d_head, c.d_model))
+    return _stack(bridge, lambda layer: split_out_proj(
+        _block(bridge, layer, a.attn_out_proj).weight.detach(), a.linear_layout, c.n_heads, c.d_head))
 
 
 def _W_pos(bridge: Bridge) -> torch.Tensor:
