@@ -51,3 +51,14 @@ def no_torch_hooks(model) -> bool:
 def demo():
     """The embedded demo model, loaded by name (offline)."""
     return Bridge.from_pretrained("workbench-demo")
+
+
+@pytest.fixture
+def comm(monkeypatch):
+    """Widgets created in this test get a recording comm (see tests/widget_comm.py)."""
+    import comm as comm_pkg
+
+    from widget_comm import RecordingComm
+
+    monkeypatch.setattr(comm_pkg, "create_comm", lambda **kw: RecordingComm(**kw))
+    return RecordingComm
