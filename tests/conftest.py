@@ -57,7 +57,6 @@ def demo():
 def comm(monkeypatch):
     """Widgets created in this test get a recording comm (see tests/widget_comm.py)."""
     import comm as comm_pkg
-
     from widget_comm import RecordingComm
 
     monkeypatch.setattr(comm_pkg, "create_comm", lambda **kw: RecordingComm(**kw))

@@ -105,7 +105,8 @@ def test_html_export_is_standalone_and_escaped(comm, tmp_path):
     assert len(re.findall(r"/\*(STATE|BINARY|FETCHES|ESM|CSS)\*/null", page)) == 0
     front_end_sends(p, {"type": "export_html"})
     content, buffers = p.comm.custom()[-1]
-    assert content == {"type": "html", "name": "echo.html"} and bytes(buffers[0]).startswith(b"<!doctype html>")
+    assert content == {"type": "html", "name": "echo.html"}
+    assert bytes(buffers[0]).startswith(b"<!doctype html>")
 
 
 def test_linked_traits_follow_the_selection(comm):

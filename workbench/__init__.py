@@ -26,13 +26,15 @@ from .patch_engine import Cancelled
 from .patch_result import PatchResult
 from .patching import patch_sweep
 from .path_patching import PathPatchResult, path_patch, path_patch_sweep
+from .patterns import AttentionPatterns, attention_patterns
 
 __all__ = [
-    "ActivationCache", "AttachedHook", "AttributionResult", "Bridge", "BridgeConfig", "Cancelled",
-    "CellPatch", "CellPatcher", "CompositionScores", "CostEstimate", "DirectLogitAttribution",
-    "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo", "HookNameError", "HookPoint",
-    "HookShapeError", "InputError", "LogitLens", "Metric", "PatchResult", "PathPatchResult",
-    "TokenizerError", "UnsupportedModelError", "WorkbenchError", "attribution_sweep",
-    "composition_scores", "direct_logit_attribution", "estimate_cost", "head_scores", "logit_lens",
-    "patch_cell", "patch_sweep", "path_patch", "path_patch_sweep",
+    "ActivationCache", "AttachedHook", "AttentionPatterns", "AttributionResult", "Bridge",
+    "BridgeConfig", "Cancelled", "CellPatch", "CellPatcher", "CompositionScores", "CostEstimate",
+    "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo",
+    "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
+    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "WorkbenchError",
+    "attention_patterns", "attribution_sweep", "composition_scores", "direct_logit_attribution",
+    "estimate_cost", "head_scores", "logit_lens", "patch_cell", "patch_sweep", "path_patch",
+    "path_patch_sweep",
 ]

@@ -261,7 +261,8 @@ function download(blob, name) {
 
 /**
  * frame(model, el, title, {png}) -> {body, toolbar, isStatic}
- * png(): a canvas of the current view (for "PNG" export and Panel.save_png).
+ * png(): a canvas of the current view (for "PNG" export and Panel.save_png); without it the
+ * panel has no PNG button (views that are text, like the hook picker, export as HTML).
  */
 function frame(model, el, title, { png } = {}) {
   const isStatic = !!model.get("_static");
@@ -272,7 +273,7 @@ function frame(model, el, title, { png } = {}) {
   const codeBtn = h("button", { class: "wb-btn", title: "copy the Python call that reproduces this view" }, "copy as code");
   const pngBtn = h("button", { class: "wb-btn", title: "download the current view as PNG" }, "PNG");
   const htmlBtn = h("button", { class: "wb-btn", title: "download a standalone HTML page of this view" }, "HTML");
-  const head = h("div", { class: "wb-head" }, h("span", { class: "wb-title" }, title), spinner, status, toolbar, codeBtn, pngBtn, isStatic ? null : htmlBtn);
+  const head = h("div", { class: "wb-head" }, h("span", { class: "wb-title" }, title), spinner, status, toolbar, codeBtn, png ? pngBtn : null, isStatic ? null : htmlBtn);
   const errMsg = h("span", { class: "wb-error-msg" });
   const errDetail = h("pre", { class: "wb-error-detail" });
   const dismiss = h("button", { class: "wb-btn", title: "hide this error" }, "dismiss");
