@@ -1,14 +1,10 @@
 """HookPicker without a browser: the tree, shapes and memory, picking runs and caches, errors."""
 
-import shutil
-import subprocess
 
-import pytest
 import torch
 from widget_comm import front_end_sends, front_end_sets
 
 from widgets import HookPicker, Selection
-from widgets._base import JS_DIR
 from widgets.hook_picker import hook_tree
 
 
@@ -55,12 +51,7 @@ def test_manual_run_and_errors(comm, bridge):
     assert picker.hooks == ["blocks.0.hook_resid_pre"]
 
 
-def test_html_export_and_js_syntax(comm, bridge, tmp_path):
+def test_html_export(comm, bridge, tmp_path):
     picker = HookPicker(bridge, "ab", hooks=["hook_embed"])
     page = picker.to_html(tmp_path / "p.html")
     assert "blocks.0.attn.hook_pattern" in page and '"_static": true' in page
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    src = tmp_path / "hook_picker.mjs"
-    src.write_text((JS_DIR / "common.js").read_text() + (JS_DIR / "hook_picker.js").read_text())
-    subprocess.run(["node", "--check", str(src)], check=True)

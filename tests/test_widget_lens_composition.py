@@ -3,17 +3,14 @@ results, front-end changes recompute, errors show in the panel, clicks move the 
 and the HTML export carries the view's data."""
 
 import base64
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from widget_comm import front_end_sends, front_end_sets, reply
+from widget_comm import front_end_sends, front_end_sets, number_lists, reply
 
 import widgets.composition as composition_mod
 import widgets.logit_lens as lens_mod
-from widgets._base import JS_DIR
 from widgets._selection import Selection
 from widgets._transport import from_bytes
 from widgets.composition import CompositionPanel
@@ -54,17 +51,6 @@ def comp_data(panel):
     meta, buffers = reply(panel, {"kind": "scores", "version": panel.version})
     assert "error" not in meta, meta
     return meta, arrays(meta, buffers)
-
-
-def number_lists(obj, path=""):
-    """Paths of JSON lists that hold numbers, anywhere inside ``obj``."""
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in number_lists(v, f"{path}.{k}")]
-    if isinstance(obj, (list, tuple)):
-        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
-            return [path]
-        return [p for v in obj for p in number_lists(v, path)]
-    return []
 
 
 def assert_no_number_lists(panel):
@@ -270,17 +256,3 @@ def test_composition_demo_model(demo, comm):
     scope = {"bridge": demo}
     exec(p.code, scope)
     assert torch.equal(scope["scores"].scores, p.result.scores)
-
-
-# -- front-end source -------------------------------------------------------------------------------
-@pytest.mark.parametrize("js", ["logit_lens.js", "composition.js"])
-def test_js_parses(js, tmp_path):
-    node = shutil.which("node") or "/usr/bin/node"
-    if not shutil.which(node):
-        pytest.skip("node is not installed")
-    source = (JS_DIR / "common.js").read_text() + "\n" + (JS_DIR / js).read_text()
-    assert "innerHTML" not in source and source.rstrip().endswith("export default { render };")
-    path = tmp_path / "panel.mjs"
-    path.write_text(source)
-    out = subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr

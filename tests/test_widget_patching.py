@@ -4,15 +4,13 @@ called directly on the same inputs."""
 
 import base64
 import json
-import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 from widget_comm import front_end_sends, front_end_sets, reply
 
-from widgets._base import JS_DIR, _key
+from widgets._base import _key
 from widgets._patching_job import BackgroundJob
 from widgets._selection import Selection
 from widgets._transport import from_bytes
@@ -309,13 +307,3 @@ def test_parallel_models_offer_no_resid_mid(comm):
     bridge = Bridge.from_hf(tiny_model("gpt_neox"), char_tokenizer())
     p = PatchingPanel(bridge, "ab", corrupted="cb", site="resid_mid")
     assert "resid_mid" not in p.site_options and "no resid_mid" in p.error
-
-
-@pytest.mark.skipif(not Path(NODE).exists(), reason=f"{NODE} is not installed")
-def test_front_end_parses(tmp_path):
-    module = tmp_path / "patching.mjs"
-    module.write_text((JS_DIR / "common.js").read_text() + "\n" + (JS_DIR / "patching.js").read_text())
-    out = subprocess.run([NODE, "--check", str(module)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    source = (JS_DIR / "patching.js").read_text()
-    assert "innerHTML" not in source and source.rstrip().endswith("export default { render };")

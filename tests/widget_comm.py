@@ -59,3 +59,15 @@ def reply(widget: Any, request: dict) -> tuple[dict, list]:
     answers = [(c, b) for c, b in widget.comm.custom()[before:] if c.get("id") == request["id"]]
     assert len(answers) == 1, f"expected one answer to {request}, got {answers}"
     return answers[0]
+
+
+def number_lists(value: Any, path: str = "") -> list[str]:
+    """Paths of lists holding numbers anywhere inside ``value`` (JSON-like): tensors must travel
+    as binary buffers, so a panel's state and answers should have none (beyond small shapes)."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in number_lists(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [path]
+        return [p for v in value for p in number_lists(v, path + "[]")]
+    return []

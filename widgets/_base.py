@@ -98,20 +98,28 @@ class Panel(anywidget.AnyWidget):
 
     # -- errors and busy state --------------------------------------------------------------------
     @contextlib.contextmanager
-    def task(self, status: str) -> Iterator[None]:
-        """``with panel.task("running"): ...``: busy while inside; an exception is reported in
-        the panel (and not re-raised, since nobody would see it in a callback)."""
+    def working(self, status: str) -> Iterator[None]:
+        """``with panel.working("running"): ...``: busy with ``status`` while inside (nested
+        uses keep the outer status when they end); exceptions propagate."""
         outer = self.busy
         self.status = status
         self.busy = True
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, with its traceback
-            self.report(exc)
         finally:
             if not outer:
                 self.busy = False
                 self.status = ""
+
+    @contextlib.contextmanager
+    def task(self, status: str) -> Iterator[None]:
+        """Like :meth:`working`, but an exception is reported in the panel instead of raised
+        (in a callback nobody would see it)."""
+        try:
+            with self.working(status):
+                yield
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, with its traceback
+            self.report(exc)
 
     def report(self, exc: BaseException) -> None:
         """Show ``exc`` in the error area (it stays until dismissed in the panel)."""

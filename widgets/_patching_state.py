@@ -227,10 +227,16 @@ def cell_summary(cell: CellPatch, where: tuple[int, int] | None) -> dict[str, An
             "normalized": (cell.value - cell.corrupted_value) / gap if gap else None,
             "layer": cell.layer, "position": cell.position, "head": cell.head,
             "row": None if where is None else where[0], "col": None if where is None else where[1],
-            "rose": [{"token": t, "delta": float(d)} for t, d in zip(cell.rose.tokens, cell.rose.delta,
-                                                                      strict=True)],
-            "fell": [{"token": t, "delta": float(d)} for t, d in zip(cell.fell.tokens, cell.fell.delta,
-                                                                      strict=True)]}
+            "rose": _moved(cell.rose), "fell": _moved(cell.fell)}
+
+
+MOVED = 1e-4  # a token whose log-prob / logit moved less than this did not move (float noise)
+
+
+def _moved(shift: Any) -> list[dict[str, Any]]:
+    """The tokens of a rose/fell list that really moved, as ``[{"token", "delta"}]``."""
+    return [{"token": t, "delta": float(d)} for t, d in zip(shift.tokens, shift.delta, strict=True)
+            if abs(float(d)) >= MOVED]
 
 
 def call_code(fn: str, *, site: str, metric: str, index: str = "",

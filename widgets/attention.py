@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,22 +175,12 @@ class AttentionPanel(Panel):
 
     def _fetch_scores(self) -> tuple[dict, list[bytes]]:
         if self._scores is None:
-            with self._working("head scores"):
+            with self.working("computing head scores"):
                 n = max(2, min(50, (self.bridge.cfg.n_ctx - 1) // 2))
                 scores = head_scores(self.bridge, n=n)
                 self._scores = torch.stack([scores[k] for k in KINDS])  # [kinds, layers, heads]
         return ({"kinds": list(KINDS), "dtype": "float32", "shape": list(self._scores.shape)},
                 [to_bytes(self._scores, "float32")])
-
-    @contextlib.contextmanager
-    def _working(self, status: str) -> Iterator[None]:
-        """Busy while inside; unlike ``task`` an exception propagates (to the fetch answer)."""
-        outer, self.status, self.busy = self.busy, status, True
-        try:
-            yield
-        finally:
-            if not outer:
-                self.busy, self.status = False, ""
 
     def _export_requests(self) -> list[dict]:
         """The current layer (thumbnails and every head), the other views' heads, the scores:

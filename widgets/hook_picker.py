@@ -33,7 +33,7 @@ def hook_tree(bridge: Any, seq_len: int) -> list[dict]:
         else:
             group, component = "model", parts[0] if len(parts) > 1 else "embed"
         info = bridge.hook_info(name, seq_len)
-        shape = " × ".join(dim if size is None else f"{dim}={size}"
+        shape = " × ".join(dim if size is None or dim == str(size) else f"{dim}={size}"
                            for dim, size in zip(info.shape, info.sizes, strict=True))
         groups.setdefault(group, {}).setdefault(component, []).append(
             {"name": name, "shape": shape, "bytes": info.nbytes(1, seq_len)})

@@ -25,9 +25,7 @@ its outcome when the message has been handled. Grids travel as float16 through t
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from traitlets import Bool, Dict, Int, List, Unicode
@@ -326,7 +324,7 @@ class PatchingPanel(Panel):
         else:
             where = {"layer": layer, "position": position, "head": head}
         busy = "A sweep is running: clicks patch single cells once it finishes (or cancel it)."
-        with self._job.exclusive(busy), self._busy("patching one cell"):
+        with self._job.exclusive(busy), self.working("patching one cell"):
             if self._patcher is None:
                 self._patcher = CellPatcher(self.bridge, self.prompt, self.corrupted, metric=metric, k=TOP_K,
                                             direction=self.direction, positions=positions_arg(self.positions))
@@ -347,15 +345,6 @@ class PatchingPanel(Panel):
         if patched.head is not None:
             self.head = patched.head
         self._update_code(patched)
-
-    @contextlib.contextmanager
-    def _busy(self, status: str) -> Iterator[None]:
-        outer, self.busy, self.status = self.busy, True, status
-        try:
-            yield
-        finally:
-            if not outer:
-                self.busy, self.status = False, ""
 
     # -- messages ---------------------------------------------------------------------------------
     def _action_run(self) -> None:

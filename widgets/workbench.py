@@ -37,7 +37,7 @@ class Workbench(w.VBox):
         self.bridge = bridge
         self.selection = sel = Selection(prompt=prompt)
         makers = {
-            "hooks": lambda: HookPicker(bridge, prompt, auto_run=False, selection=sel),
+            "hooks": lambda: HookPicker(bridge, prompt, selection=sel),
             "attention": lambda: AttentionPanel(bridge, prompt, selection=sel),
             "logit_lens": lambda: LogitLensPanel(bridge, prompt, selection=sel),
             "composition": lambda: CompositionPanel(bridge, prompt, selection=sel),

@@ -20,7 +20,8 @@ function render({ model, el }) {
   const commit = (name, value) => { model.set(name, value); model.save_changes(); };
 
   // -- controls ---------------------------------------------------------------------------------
-  const promptIn = h("input", { type: "text", class: "wb-lens-prompt", size: 50, placeholder: "prompt" });
+  const promptIn = h("input", { type: "text", class: "wb-lens-prompt", size: 50, placeholder: "prompt",
+    style: { flex: "1", minWidth: "320px" } });
   promptIn.addEventListener("change", () => commit("prompt", promptIn.value));
   const siteBtns = LENS_SITES.map((s) => h("button", {
     class: "wb-btn wb-lens-site", "data-site": s, title: "show the " + s + " rows",

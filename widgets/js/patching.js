@@ -209,6 +209,7 @@ function render({ model, el }) {
   const detail = h("div", { class: "wb-col", style: { marginTop: "6px" } });
   const shiftList = (title, items) => h("div", { class: "wb-col", style: { gap: "0" } },
     h("span", { class: "wb-muted" }, title),
+    items.length ? null : h("span", { class: "wb-muted" }, "no token moved by 1e-4 or more"),
     ...items.map((it) => h("div", { class: "wb-row", style: { margin: "0", gap: "6px" } },
       h("span", { class: "wb-tok", style: { minWidth: "7em" } }, JSON.stringify(tokenText(it.token))),
       h("span", { class: "wb-muted" }, (it.delta >= 0 ? "+" : "") + fmt(it.delta)))));
