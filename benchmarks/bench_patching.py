@@ -8,7 +8,7 @@ at the last position. Contenders, interleaved per repetition, median of ``--reps
 
 - ``workbench patch_sweep``: the batched engine, default settings (automatic batch size,
   skipping of earlier blocks, prefix positions and unread unembeddings);
-- ``workbench one-at-a-time``: the same function with ``batch_size=1`` and skipping off;
+- ``workbench one-at-a-time``: the same function with ``batch_size=1`` and every skip off;
 - ``workbench attribution_sweep``: attribution patching's estimate of the same sweep (if
   ``workbench.attribution_patching`` exists; an approximation, so its diff is informational);
 - ``TL get_act_patch_resid_pre``: ``transformer_lens.patching`` on a TL 4.x
@@ -75,11 +75,11 @@ def contenders(bridge, tl, clean, corrupted, metric, batch_sizes: list[int]) -> 
 
     def naive():
         r = patch_sweep(bridge, clean, corrupted, site="resid_pre", metric=metric, batch_size=1,
-                        skip_blocks=False, reuse_prefix=False)
+                        skip_blocks=False, reuse_prefix=False, skip_unchanged=False)
         return r.values, r.n_forward, 2
 
     out = {"workbench patch_sweep": (ours, "default settings"),
-           "workbench one-at-a-time": (naive, "batch_size=1, skipping off")}
+           "workbench one-at-a-time": (naive, "batch_size=1, every skip off")}
     for size in batch_sizes:
         def sized(size=size):
             r = patch_sweep(bridge, clean, corrupted, site="resid_pre", metric=metric, batch_size=size)

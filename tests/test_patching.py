@@ -237,7 +237,8 @@ def test_layers_heads_subsets_equal_full(sharp):
 def test_batch_size_and_forward_count(sharp):
     bridge, metric = sharp
     n_cells = bridge.cfg.n_layers * 7
-    one = patch_sweep(bridge, CLEAN, CORRUPTED, site="mlp_out", metric=metric, memory_budget=1)
+    one = patch_sweep(bridge, CLEAN, CORRUPTED, site="mlp_out", metric=metric, memory_budget=1,
+                      skip_unchanged=False)
     assert one.n_forward == n_cells
     many = patch_sweep(bridge, CLEAN, CORRUPTED, site="mlp_out", metric=metric)
     assert many.n_forward == 1
@@ -255,7 +256,7 @@ def test_cancel_returns_partial_and_detaches(sharp):
         seen.append((done, total))
         return len(seen) < 2
     r = patch_sweep(bridge, CLEAN, CORRUPTED, site="resid_pre", metric=metric, batch_size=3,
-                    progress=stop_after_two)
+                    progress=stop_after_two, skip_unchanged=False)  # every cell takes a pass
     n_cells = bridge.cfg.n_layers * 7
     assert seen == [(3, n_cells), (6, n_cells)]
     assert r.partial and r.n_done == 6 and r.n_forward == 2
@@ -264,7 +265,8 @@ def test_cancel_returns_partial_and_detaches(sharp):
 
     def raise_cancel(done, total):
         raise Cancelled("user pressed cancel")
-    r = patch_sweep(bridge, CLEAN, CORRUPTED, site="z", metric=metric, batch_size=2, progress=raise_cancel)
+    r = patch_sweep(bridge, CLEAN, CORRUPTED, site="z", metric=metric, batch_size=2, progress=raise_cancel,
+                    skip_unchanged=False)
     assert r.partial and r.n_done == 2 and r.values.isnan().sum() == r.values.numel() - 2
     assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
     full = patch_sweep(bridge, CLEAN, CORRUPTED, site="z", metric=metric, progress=True)
@@ -378,3 +380,28 @@ def test_batched_equals_one_at_a_time_on_cuda(saved):
             r = patch_sweep(bridge, CLEAN, CORRUPTED, site=site, index=index, metric=metric, **kw)
             torch.testing.assert_close(r.per_prompt, ref, atol=1e-4, rtol=0)
     assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
+
+
+@pytest.mark.parametrize("site,index", [("resid_pre", None), ("z", "head_pos"), ("pattern", "head_pos"),
+                                        ("k", "head_pos"), ("z", "head")])
+def test_cells_that_change_nothing_are_not_run(sharp, site, index):
+    """Clean and corrupted share a suffix only ("&J"/"&B" after the names) and the BOS: patching
+    BOS changes nothing, so those cells get the corrupted run's metric without a pass, and the
+    sweep still equals the plain one-at-a-time loop with every skip off."""
+    bridge, metric = sharp
+    kw = dict(site=site, index=index, metric=metric)
+    fast = patch_sweep(bridge, CLEAN, CORRUPTED, memory_budget=1, **kw)
+    plain = patch_sweep(bridge, CLEAN, CORRUPTED, batch_size=1, skip_blocks=False, reuse_prefix=False,
+                        skip_unchanged=False, **kw)
+    torch.testing.assert_close(fast.values, plain.values, **TOL)
+    n_cells = plain.n_forward
+    if index == "head":  # every head's cells span all positions, and names differ: nothing skipped
+        assert fast.n_forward == n_cells
+        return
+    pos_axis = fast.axes.index("pos")
+    heads = fast.values.shape[fast.axes.index("head")] if "head" in fast.axes else 1
+    # at least BOS (position 0) at every layer and head is skipped (layer 0 may skip more: its
+    # resid_pre and keys at the shared suffix are the same embeddings)
+    assert fast.n_forward <= n_cells - bridge.cfg.n_layers * heads
+    at_bos = fast.values.select(pos_axis, 0)
+    assert torch.equal(at_bos, torch.full_like(at_bos, fast.corrupted_value))

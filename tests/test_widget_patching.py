@@ -114,11 +114,12 @@ def test_cancel_mid_sweep_shows_the_partial_result(ioi, demo):
     action(ioi, "cancel")  # arrives while the sweep runs
     go.set()
     result = ioi.wait(timeout=60)
-    assert result.partial and result.n_done == 8 and ioi.progress == [8, 60]
-    assert ioi.exact_meta["partial"] and ioi.exact_meta["n_done"] == 8 and ioi.exact_meta["n_cells"] == 60
+    n = result.n_done  # the first report: the cells that change nothing (before S2), or one pass
+    assert result.partial and 0 < n < 60 and ioi.progress == [n, 60]
+    assert ioi.exact_meta["partial"] and ioi.exact_meta["n_done"] == n and ioi.exact_meta["n_cells"] == 60
     values = grid(ioi)
     done = values.isfinite()
-    assert int(done.sum()) == 8
+    assert int(done.sum()) == n
     full = patch_sweep(demo, CLEAN, CORRUPTED, site="resid_pre", metric=metric(demo))
     torch.testing.assert_close(values[done], full.values[done], **FP16)
     assert not ioi.running and not ioi.busy

@@ -237,7 +237,10 @@ def _patch(bridge: Bridge, state: _SiteState, spec: Site, layer: Any, position: 
     prep, tap = state.prep, state.prep.plan.metric
     pair = -1 if position is None else _pair(prep, position)
     per_prompt = run_cells(prep.plan, [Cell(layer, h, pair, 0)], 1)[0][0]
-    logits = (tap.last if prep.plan.read is not None else tap.last[:, -1:]).float().cpu().clone()
+    if tap.last is None:  # the cell changes nothing (its source equals the base run): not run
+        logits = state.base_logits.clone()
+    else:
+        logits = (tap.last if prep.plan.read is not None else tap.last[:, -1:]).float().cpu().clone()
     tap.last = None
     base, patched = state.base_logits[0, -1], logits[0, -1]
     if by == "logprob":

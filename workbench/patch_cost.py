@@ -17,6 +17,9 @@ forward passes and the same skipped work) without running it, and prices it:
 
 Estimates, not measurements: expect the time within a factor of about two on an idle machine
 (sites that need the per-head attention path, such as ``z`` or ``pattern``, run somewhat slower).
+An upper bound on passes and work: the sweep also skips cells that change nothing (where the
+source activation equals the base run's, e.g. positions before the first token that differs),
+which only the prepared runs can tell.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ Work skipped, exactly (every row of a chunk computes the base run's values there
   holding the base run's keys/values of positions ``< P0``; the model derives position ids (and
   so rotary angles and learned position embeddings) and the causal mask from the cache length;
 - **unembedding of positions the metric does not read**: ``logits_to_keep`` gets the read
-  positions.
+  positions;
+- **cells that change nothing**: where the source activation equals the base run's bit for bit
+  (e.g. every position before the first token where clean and corrupted prompts differ), the
+  patched run is the base run, so the cell gets the base run's metric without a forward pass.
 
 Cells are ordered for the cost model ``rows x layers run x positions run``: layer-major, or in
 tiles of a few layers by position when that costs less (the order never changes a value).
@@ -36,7 +39,7 @@ from transformers import DynamicCache
 
 from .errors import WorkbenchError
 from .metrics import Metric, check_output
-from .patch_sites import Cell, Site, write
+from .patch_sites import Cell, Site, cell_unchanged, write
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -54,7 +57,9 @@ class PatchPlan:
     ``[batch, src_pos, ...]``; ``pairs [n_pairs, 2]`` (source pos, patched pos); ``resid[L]``
     the base run's ``resid_pre`` of layer L ``[batch, pos, d_model]`` (None: no block skipping);
     ``kv[L]`` its keys and values ``[batch, n_kv_heads, pos, d_head]`` (None: no prefix reuse);
-    ``read``: the absolute positions the metric reads (None: all)."""
+    ``read``: the absolute positions the metric reads (None: all); ``same[L]``: where the source
+    equals the base run at layer L (:func:`~workbench.patch_sites.same_mask`; None: not checked)
+    and ``base_value [batch]`` the base run's metric, given to those cells without running them."""
 
     bridge: Bridge
     site: Site
@@ -65,6 +70,8 @@ class PatchPlan:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None
     metric: Metric
     read: tuple[int, ...] | None
+    same: list[torch.Tensor] | None = None
+    base_value: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -190,10 +197,18 @@ def run_cells(plan: PatchPlan, cells: list[Cell], size: int,
     where not run, in the order of ``cells``), ``n_done``, ``n_forward)``; stops early when
     ``progress(done, total)`` returns False."""
     values = torch.full((len(cells), plan.batch), float("nan"))
-    order = order_cells(plan, cells, size)
     done = n_forward = 0
+    todo = list(range(len(cells)))
+    if plan.same is not None and plan.base_value is not None:
+        todo = [j for j in todo if not cell_unchanged(plan.same[cells[j].layer], cells[j])]
+        skipped = sorted(set(range(len(cells))) - set(todo))
+        values[skipped] = plan.base_value.float().cpu()
+        done = len(skipped)
+        if done and progress is not None and not progress(done, len(cells)):
+            return values, done, n_forward
+    order = order_cells(plan, [cells[j] for j in todo], size)
     for i in range(0, len(order), size):
-        idx = order[i:i + size]
+        idx = [todo[j] for j in order[i:i + size]]
         values[idx] = run_chunk(plan, [cells[j] for j in idx]).cpu()
         done += len(idx)
         n_forward += 1

@@ -180,3 +180,25 @@ def write(site: Site, act: torch.Tensor, src: torch.Tensor, slots: list[int], ce
         else:  # pattern: whole destination rows (source and patched keys have the same length)
             out[rows, heads, pp] = src[bb, heads, sp]
     return out
+
+
+def same_mask(site: Site, base: torch.Tensor, src: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Where the source activation equals the base run's, bit for bit, in every prompt: patching
+    there changes nothing. ``base`` / ``src``: one layer's activation of the two runs (full
+    length); ``pairs [n_pairs, 2]`` (source pos, base pos). Returns ``[n_pairs]`` (residual-like
+    sites) or ``[n_pairs, n_heads]`` (head and pattern sites), bool."""
+    sp, pp = pairs[:, 0].to(src.device), pairs[:, 1].to(base.device)
+    src = src.to(base.device, base.dtype)
+    if site.kind == "resid":  # [b, pos, d] -> [n_pairs]
+        return (src[:, sp] == base[:, pp]).all(-1).all(0)
+    if site.kind == "head":  # [b, pos, h, d] -> [n_pairs, h]
+        return (src[:, sp] == base[:, pp]).all(-1).all(0)
+    return (src[:, :, sp] == base[:, :, pp]).all(-1).all(0).T  # pattern [b, h, q, k]
+
+
+def cell_unchanged(mask: torch.Tensor, cell: Cell) -> bool:
+    """Whether patching ``cell`` changes nothing, from its layer's :func:`same_mask`."""
+    at = mask if cell.pair < 0 else mask[cell.pair : cell.pair + 1]
+    if mask.dim() == 2:
+        at = at[:, cell.head]
+    return bool(at.all())

@@ -32,7 +32,7 @@ from .errors import InputError
 from .metrics import Metric, as_metric, check_output
 from .patch_engine import Cancelled, PatchPlan, auto_batch_size, run_cells
 from .patch_result import PatchResult, position_labels
-from .patch_sites import Site, check_heads, check_layers, enumerate_cells, resolve_site
+from .patch_sites import Site, check_heads, check_layers, enumerate_cells, resolve_site, same_mask
 from .results import decode, encode_input
 
 if TYPE_CHECKING:
@@ -129,12 +129,19 @@ def patch_prompts(bridge: Bridge, clean: Any, corrupted: Any, direction: str,
     return PatchPrompts(clean_str, corrupted_str, pairs, base, source, pair_t)
 
 
-def _runs(bridge: Bridge, base: torch.Tensor, source: torch.Tensor, site: Site,
+def _runs(bridge: Bridge, base: torch.Tensor, source: torch.Tensor, site: Site, pairs: torch.Tensor,
           skip_blocks: bool, reuse_prefix: bool):
     """The source run (logits, the site at every layer) and the base run (logits, resid_pre at
-    every layer for block skipping, HF's keys/values cache for prefix reuse)."""
+    every layer for block skipping, HF's keys/values cache for prefix reuse, and where the site
+    equals the source run's: :func:`~workbench.patch_sites.same_mask` per layer)."""
     n = bridge.cfg.n_layers
     src_logits, src_cache = bridge.run_with_cache(source, names_filter=[site.hook(L) for L in range(n)])
+    same: list = [None] * n
+
+    def compare(layer: int):
+        def fn(act: torch.Tensor, hook) -> None:
+            same[layer] = same_mask(site, act, src_cache[site.hook(layer)], pairs).cpu()
+        return fn
     kv: list = []
     handles = []
     if reuse_prefix:
@@ -145,21 +152,24 @@ def _runs(bridge: Bridge, base: torch.Tensor, source: torch.Tensor, site: Site,
             bridge.model.register_forward_hook(keep_kv, with_kwargs=True)]
     try:
         names = [f"blocks.{L}.hook_resid_pre" for L in range(n)] if skip_blocks else []
-        base_logits, base_cache = bridge.run_with_cache(base, names_filter=names)
+        with bridge.hooks(fwd_hooks=[(site.hook(L), compare(L)) for L in range(n)]):
+            base_logits, base_cache = bridge.run_with_cache(base, names_filter=names)
     finally:
         for h in handles:
             h.remove()
     resid = [base_cache[nm] for nm in names] if skip_blocks else None
     if len(kv) != n or any(k.shape[-2] != base.shape[1] for k, _ in kv):
         kv = []  # not one full-length cache entry per layer (e.g. sliding windows): no reuse
-    return src_logits, [src_cache[site.hook(L)] for L in range(n)], base_logits, resid, kv or None
+    return (src_logits, [src_cache[site.hook(L)] for L in range(n)], base_logits, resid, kv or None,
+            None if any(m is None for m in same) else same)
 
 
 @torch.inference_mode()
 def prepare_patching(bridge: Bridge, clean: Any, corrupted: Any, site: Site | str,
                      metric: Metric | Callable[[torch.Tensor], torch.Tensor], *,
                      direction: str = "denoise", positions: Mapping[int, int] | None = None,
-                     skip_blocks: bool = True, reuse_prefix: bool = True) -> Prepared:
+                     skip_blocks: bool = True, reuse_prefix: bool = True,
+                     skip_unchanged: bool = True) -> Prepared:
     """Tokenize and check the prompts, run clean and corrupted once, evaluate both baselines.
     ``site``: a :class:`~workbench.patch_sites.Site` or a site name (default index)."""
     if isinstance(site, str):
@@ -171,15 +181,16 @@ def prepare_patching(bridge: Bridge, clean: Any, corrupted: Any, site: Site | st
     pairs, base, source = prompts.pairs, prompts.base, prompts.source
     clean_str, corrupted_str = prompts.clean_str, prompts.corrupted_str
     denoise = direction == "denoise"
-    src_logits, src_acts, base_logits, resid, kv = _runs(bridge, base, source, site, skip_blocks,
-                                                         reuse_prefix)
+    src_logits, src_acts, base_logits, resid, kv, same = _runs(
+        bridge, base, source, site, prompts.pair_tensor, skip_blocks, reuse_prefix)
     clean_logits, corrupted_logits = (src_logits, base_logits) if denoise else (base_logits, src_logits)
     metric = metric.prepare(clean_logits, corrupted_logits)
     batch, n_base = base.shape
     clean_per = check_output(metric(clean_logits), batch, metric.name).float().cpu()
     corrupted_per = check_output(metric(corrupted_logits), batch, metric.name).float().cpu()
     read = None if metric.positions is None else tuple(p % n_base for p in metric.positions)
-    plan = PatchPlan(bridge, site, base, src_acts, prompts.pair_tensor, resid, kv, metric, read)
+    plan = PatchPlan(bridge, site, base, src_acts, prompts.pair_tensor, resid, kv, metric, read,
+                     same if skip_unchanged else None, corrupted_per if denoise else clean_per)
     return Prepared(plan, direction, pairs, clean_per, corrupted_per, clean_str, corrupted_str)
 
 
@@ -215,7 +226,7 @@ def patch_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
                 layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
                 batch_size: int | None = None, memory_budget: int | None = None,
                 progress: ProgressArg = None, skip_blocks: bool = True,
-                reuse_prefix: bool = True) -> PatchResult:
+                reuse_prefix: bool = True, skip_unchanged: bool = True) -> PatchResult:
     """Patch every cell of ``site`` by ``index`` and measure ``metric`` (see the module doc).
 
     ``clean`` / ``corrupted``: a string, a list of same-length strings, or tokens ``[batch, pos]``.
@@ -231,15 +242,17 @@ def patch_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     fit ``memory_budget`` bytes, see :func:`~workbench.patch_engine.auto_batch_size`).
     ``progress``: None, True (a tqdm bar) or ``callable(done, total)`` that may return False or
     raise :class:`~workbench.patch_engine.Cancelled` to stop: the result is then ``partial``
-    (cells not run are NaN). ``skip_blocks`` / ``reuse_prefix`` switch the exact skipping off
-    (for checking)."""
+    (cells not run are NaN). ``skip_blocks`` / ``reuse_prefix`` / ``skip_unchanged`` switch the
+    exact skipping off (for checking): earlier blocks, earlier positions, and cells whose source
+    activation equals the base run's (they get the base run's metric without a pass)."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise InputError(f"batch_size must be a positive int (cells per forward pass); got {batch_size!r}.")
     spec = resolve_site(bridge, site, index)
     layer_list, head_list = check_layers(bridge, layers), check_heads(spec, heads)
     prep = prepare_patching(bridge, clean, corrupted, spec, metric, direction=direction,
-                            positions=positions, skip_blocks=skip_blocks, reuse_prefix=reuse_prefix)
+                            positions=positions, skip_blocks=skip_blocks, reuse_prefix=reuse_prefix,
+                            skip_unchanged=skip_unchanged)
     plan, batch = prep.plan, prep.plan.batch
     cells = enumerate_cells(spec, layer_list, len(prep.pairs), head_list)
     size = batch_size or auto_batch_size(plan, memory_budget)
