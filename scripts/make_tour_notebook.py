@@ -19,7 +19,25 @@ CELLS = [
     ("code", "import torch\n\nfrom workbench import Bridge\n\n"
              "bridge = Bridge.from_pretrained('workbench-demo')  # or a hub name / save_pretrained folder\n"
              "bridge"),
-    ("md", "## Which hooks exist, and what they cost"),
+    ("md", "## The workbench\n\nAll panels over one prompt, linked: click a head pair in the "
+           "composition map to open both heads in the attention view; click a logit-lens cell "
+           "to pick a layer and position; in the patching panel, press *run sweep* (it runs in the "
+           "background, with a progress bar and cancel), then click any cell to patch it alone and "
+           "see the tokens that rose and fell. Every panel has *copy as code* (the Python call "
+           "behind the view) and PNG/HTML export. Reference: `docs/panels.md`."),
+    ("code", "from widgets import Workbench\n\n"
+             "wb = Workbench(bridge,\n"
+             "               prompt='When Nora and Felix went to the garden, Felix gave a drink to',\n"
+             "               corrupted='When Nora and Felix went to the garden, Nora gave a drink to',\n"
+             "               answer=' Nora', wrong=' Felix')\n"
+             "wb"),
+    ("md", "The panels are plain Python objects too: their state is in traits, and their results "
+           "are the analyses' results."),
+    ("code", "print(wb.selection)\n"
+             "print(wb.logit_lens.code)\n"
+             "wb.composition.result.top(3)"),
+    ("md", "## Which hooks exist, and what they cost\n\nThe hook picker above shows the same "
+           "thing as a tree; here it is as text."),
     ("code", "for name in bridge.hook_names()[:14]:\n"
              "    info = bridge.hook_info(name, seq_len=32)\n"
              "    print(f'{name:34s} {str(info.shape):42s} {info.bytes_per_token:6d} B/token')"),
