@@ -12,7 +12,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 help:
 	@echo "make demo   - set up .venv if needed, open notebooks/tour.ipynb in JupyterLab (DEMO_ARGS=...)"
-	@echo "make test   - set up .venv if needed, run the test suite offline (PYTEST_ARGS=...)"
+	@echo "make test   - set up .venv (and chromium) if needed, run every test tier offline (PYTEST_ARGS=...)"
 	@echo "make venv   - create/update .venv (scripts/setup_env.sh)"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - hook overhead benchmark"
@@ -21,7 +21,9 @@ help:
 venv:
 	bash scripts/setup_env.sh
 
-test: venv
+# the browser tier needs Debian's chromium: set up with it (installed as root with apt-get if missing)
+test:
+	WORKBENCH_BROWSER_TESTS=1 bash scripts/setup_env.sh
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

@@ -14,6 +14,14 @@ function h(tag, props = {}, ...children) {
     else el.setAttribute(k, v);
   }
   for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c);
+  if (tag === "input" && /^(text|number|search)$/.test(el.type)) {
+    // Enter commits the field (fires "change" by leaving it), and JupyterLab's notebook
+    // shortcuts never see keys typed into it
+    el.addEventListener("keydown", (ev) => {
+      ev.stopPropagation();
+      if (ev.key === "Enter") el.blur();
+    });
+  }
   return el;
 }
 
@@ -206,6 +214,8 @@ function heatmap(opts) {
     ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.font = "10px sans-serif";
     ctx.fillText(fmt(vmax), bx + 12, labelH + 4); ctx.fillText(fmt(vmin), bx + 12, labelH + bh - 4);
     geom = { labelW, labelH, cw, ch };
+    // where the cells are, in CSS pixels from the canvas's top-left (browser tests click by it)
+    canvas.dataset.grid = JSON.stringify({ x0: labelW, y0: labelH, cw, ch, rows, cols });
     if (marked) mark(marked[0], marked[1]);
   };
   const cellAt = (ev) => {

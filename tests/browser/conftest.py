@@ -1,0 +1,88 @@
+"""Browser tier: a real JupyterLab and Debian's Chromium driven by Playwright (never
+``playwright install``). One server and one page for the module: the notebook below is opened
+and run once, then each test drives one panel.
+
+Screenshots go to ``$BROWSER_PROOF_DIR`` (default: a ``browser-proof`` folder in the temp dir);
+with ``WORKBENCH_DOC_SCREENSHOTS=1`` the panel pictures also replace those in ``docs/img``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import harness
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+PROOF = harness.PROOF
+KERNEL_IDLE = re.compile(r"^Python 3 \(ipykernel\) \| Idle$")
+CLEAN = "When Nora and Felix went to the garden, Felix gave a drink to"
+CORRUPTED = "When Nora and Felix went to the garden, Nora gave a drink to"
+MARKUP = 'Mary said <img src=x onerror=alert(1)> and </script><b>bold</b> to'
+CELLS = [
+    "import torch\ntorch.set_num_threads(1)\n"
+    "from workbench import Bridge\nfrom widgets import AttentionPanel, Workbench\n"
+    "bridge = Bridge.from_pretrained('workbench-demo')",
+    f"wb = Workbench(bridge, prompt={CLEAN!r}, corrupted={CORRUPTED!r}, answer=' Nora', wrong=' Felix')\nwb",
+    f"markup = AttentionPanel(bridge, {MARKUP!r}, layer=1)\nmarkup",
+]
+PANELS = harness.PANELS
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/browser" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it as root with apt-get; "
+                    "otherwise: apt-get install -y chromium)")
+    base = tmp_path_factory.mktemp("lab")
+    server = harness.start(base)
+    harness.write_notebook(server.root / "panels.ipynb", CELLS)
+    try:
+        yield server
+    finally:
+        harness.stop(server)
+
+
+@pytest.fixture(scope="session")
+def page(lab):
+    """The notebook, opened in Chromium and run to the end; ``page.errors`` collects console
+    errors, uncaught exceptions and any dialog (an ``alert`` from injected markup would land
+    there)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    PROOF.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                           "--no-first-run", "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 2400})
+        pg.errors = []
+        pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
+
+        def dialog(d):
+            pg.errors.append(f"dialog: {d.message}")
+            d.dismiss()
+        pg.on("dialog", dialog)
+        pg.add_locator_handler(pg.locator(".jp-Dialog").filter(has_text="Select Kernel"),
+                               lambda d: d.get_by_role("button", name="Select Kernel").click())
+        pg.goto(lab.notebook_url("panels.ipynb"), timeout=60_000)
+        status = pg.locator("#jp-main-statusbar").get_by_text(KERNEL_IDLE)
+        expect(status).to_be_visible(timeout=90_000)
+        pg.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        pg.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        expect(pg.locator(".jp-CodeCell .jp-InputArea-prompt")).to_have_text(["[1]:", "[2]:", "[3]:"],
+                                                                           timeout=180_000)
+        expect(pg.locator(".wb-panel")).to_have_count(len(PANELS), timeout=60_000)
+        expect(status).to_be_visible(timeout=120_000)
+        yield pg
+        browser.close()

@@ -1,0 +1,120 @@
+"""Every panel and the Workbench in a real JupyterLab + Chromium, on the demo model: it renders,
+a real click or hover reaches Python and comes back into the view, an error in a callback is
+shown in the panel, and tokens that look like markup stay text.
+
+The Python side is checked through what only Python writes: the Workbench's selection line, a
+panel's "copy as code" text, cached shapes, the patching result's label.
+"""
+
+import re
+
+from harness import PANELS, PROOF, grid_click, panel, shoot
+from playwright.sync_api import expect
+
+T = 30_000  # ms for one round trip to the kernel and back
+
+
+def where(page):
+    """The Workbench's selection line (an ipywidgets Label that Python rewrites)."""
+    return page.locator(".widget-label", has_text="selected: layer")
+
+
+def test_every_panel_renders(page):
+    outputs = page.locator(".jp-OutputArea-output")
+    expect(outputs.filter(has_text="Error displaying widget")).to_have_count(0)
+    expect(outputs.filter(has_text="Loading widget")).to_have_count(0)
+    for name in PANELS:
+        p = panel(page, name)
+        expect(p.locator(".wb-error")).to_be_hidden()
+        expect(p.locator(".wb-busy")).to_be_hidden()
+    for name in ("attention", "logit_lens", "composition", "patching"):
+        expect(panel(page, name).locator("canvas").first).to_be_visible()
+    expect(where(page)).to_contain_text("15 tokens")
+    assert page.errors == []
+
+
+def test_hook_picker_click_caches(page):
+    p = panel(page, "hooks")
+    search = p.get_by_placeholder(re.compile("search hooks"))
+    search.fill("*.hook_pattern")  # searching opens every group
+    expect(p.locator("label.wb-hook-row")).to_have_count(4)
+    search.fill("1.hook_resid_po")
+    expect(p.locator("label.wb-hook-row")).to_have_count(1)
+    p.locator("label.wb-hook-row input[type=checkbox]").check()
+    expect(p).to_contain_text("blocks.1.hook_resid_post  [1, 15, 128]", timeout=T)  # shape from the cache
+    expect(p.locator(".wb-code")).to_contain_text("names_filter=['blocks.1.hook_resid_post']")
+    shoot(p, "hooks")
+
+
+def test_attention_thumbnail_click_and_hover(page):
+    p = panel(page, "attention")
+    p.locator("[data-head='3']").first.click()
+    expect(p.locator(".wb-code")).to_contain_text("patterns.head(0, 3)", timeout=T)
+    expect(where(page)).to_contain_text("head 3", timeout=T)
+    strip = p.locator(".wb-tok[data-i='11']")
+    strip.hover()
+    expect(p).to_contain_text("relative to its largest", timeout=T)
+    shoot(p, "attention")
+
+
+def test_logit_lens_hover_click_and_error(page):
+    p = panel(page, "logit_lens")
+    canvas = p.locator("canvas.wb-heatmap")
+    grid_click(page, canvas, 3, 14, "hover")
+    expect(p.locator(".wb-tip")).to_be_visible()
+    expect(p.locator(".wb-tip")).to_contain_text("Nora")  # the model's answer is in the top-k
+    grid_click(page, canvas, 2, 10)
+    expect(where(page)).to_contain_text("layer 2", timeout=T)
+    expect(where(page)).to_contain_text("position 10 ' Felix'", timeout=T)
+    target = p.get_by_placeholder("target token")
+    target.fill("zq xv qq")
+    target.press("Enter")
+    error = p.locator(".wb-error")
+    expect(error).to_be_visible(timeout=T)
+    expect(error).to_contain_text("exactly one token")
+    shoot(p, "logit_lens_error")
+    error.get_by_role("button", name="dismiss").click()
+    expect(error).to_be_hidden(timeout=T)
+    target.fill("")
+    target.press("Enter")
+    shoot(p, "logit_lens")
+
+
+def test_composition_click_opens_both_heads(page):
+    p, att = panel(page, "composition"), panel(page, "attention")
+    grid_click(page, p.locator("canvas.wb-heatmap"), 7, 12)  # L1H3 -> L3H0 (4 heads a layer)
+    expect(where(page)).to_contain_text("heads L1H3, L3H0", timeout=T)
+    expect(att).to_contain_text("L1H3", timeout=T)
+    expect(att).to_contain_text("L3H0", timeout=T)
+    shoot(p, "composition")
+
+
+def test_patching_sweep_and_cell_click(page):
+    p = panel(page, "patching")
+    p.get_by_role("button", name="run sweep").click()
+    expect(p).to_contain_text("60/60 cells", timeout=60_000)
+    expect(p.locator(".wb-busy")).to_be_hidden(timeout=T)
+    grid_click(page, p.locator("canvas.wb-heatmap").first, 1, 10)
+    expect(p).to_contain_text("resid_pre L1 @ 10", timeout=T)
+    expect(p).to_contain_text("rose most")
+    expect(where(page)).to_contain_text("position 10", timeout=T)
+    expect(p.locator(".wb-code")).to_contain_text("patch_sweep(bridge")
+    shoot(p, "patching")
+
+
+def test_markup_tokens_stay_text(page):
+    p = panel(page, "markup")
+    strip = p.locator(".wb-tok")
+    text = "".join(strip.all_text_contents())
+    assert "<img src=x onerror=alert(1)>" in text and "</script><b>bold</b>" in text
+    expect(page.locator(".wb-panel img")).to_have_count(0)
+    expect(page.locator(".wb-panel b")).to_have_count(0)
+    for i in range(3, 8):  # hovering re-colours the strip of markup-like tokens
+        strip.nth(i).hover()
+    assert not [e for e in page.errors if e.startswith("dialog")]
+    shoot(p, "markup")
+
+
+def test_no_console_errors(page):
+    page.screenshot(path=str(PROOF / "notebook.png"))
+    assert page.errors == []
