@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 
-import harness
 import pytest
+
+from . import harness
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")

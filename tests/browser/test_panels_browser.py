@@ -8,8 +8,9 @@ panel's "copy as code" text, cached shapes, the patching result's label.
 
 import re
 
-from harness import PANELS, PROOF, grid_click, panel, shoot
 from playwright.sync_api import expect
+
+from .harness import PANELS, PROOF, grid_click, panel, shoot
 
 T = 30_000  # ms for one round trip to the kernel and back
 
