@@ -75,3 +75,25 @@ def test_panel_subset_and_errors(comm, demo):
     assert list(wb.panels) == ["attention", "logit_lens"] and not hasattr(wb, "patching")
     with pytest.raises(ValueError, match="non-empty subset"):
         Workbench(demo, CLEAN, panels=("attention", "nope"))
+
+
+def test_other_panels_wait_for_a_running_sweep(wb):
+    """A sweep attaches hooks and swaps blocks on the shared model in its thread: meanwhile the
+    other panels refuse to run the model (and say why) instead of reading a half-patched one."""
+    import threading
+
+    first, go = threading.Event(), threading.Event()
+
+    def hold(_change):
+        if threading.current_thread() is not threading.main_thread() and not first.is_set():
+            first.set()
+            assert go.wait(60)
+    wb.patching.observe(hold, names="progress")
+    front_end_sends(wb.patching, {"type": "action", "name": "run"})
+    assert first.wait(60)
+    front_end_sets(wb.logit_lens, sites=["resid_pre", "resid_post"])
+    assert "A patching sweep is running on this model" in wb.logit_lens.error
+    go.set()
+    assert wb.patching.wait(timeout=60) is not None
+    front_end_sets(wb.logit_lens, error="", sites=["resid_mid"])
+    assert wb.logit_lens.error == "" and wb.logit_lens.result.sites == ["resid_mid"] * 4

@@ -16,7 +16,8 @@ Messages between the front end and Python (``content["type"]``):
 - ``"export_html"`` (front end -> Python): Python answers ``{"type": "html", "name": ...}`` with
   the standalone page as one buffer, which the browser downloads.
 
-Errors raised in a callback never vanish: they land in the ``error`` trait (shown in the panel
+Errors raised in a callback (a method decorated with :func:`guarded`) never vanish: they land in
+the ``error`` trait (shown in the panel
 until the user dismisses it) with the traceback in ``error_detail``.
 """
 
@@ -28,7 +29,9 @@ import functools
 import html
 import json
 import re
+import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +45,19 @@ from ._selection import Selection
 JS_DIR = Path(__file__).resolve().parent / "js"
 
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_lock(bridge: Any) -> threading.RLock:
+    """The lock of ``bridge``'s model shared by every panel on it: a patching sweep holds it in
+    its background thread (it attaches hooks and swaps blocks for each pass), and any other
+    panel's work on the model, on the kernel thread, takes it without waiting or is refused."""
+    lock = _MODEL_LOCKS.get(bridge)
+    if lock is None:
+        lock = _MODEL_LOCKS[bridge] = threading.RLock()
+    return lock
+
+
 def esm(panel_file: str) -> str:
     """One ESM module: the shared helpers, then the panel's own code (which exports render)."""
     return (JS_DIR / "common.js").read_text() + "\n" + (JS_DIR / panel_file).read_text()
@@ -53,8 +69,12 @@ def guarded(status: str) -> Callable:
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(self: Panel, *args: Any, **kwargs: Any) -> Any:
-            with self.task(status):
-                return fn(self, *args, **kwargs)
+            try:
+                with self.working(status):
+                    return fn(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, with its traceback
+                self.report(exc)
+                return None
         return wrapper
     return deco
 
@@ -75,6 +95,7 @@ class Panel(anywidget.AnyWidget):
     _css = (JS_DIR / "common.css").read_text()
     _linked: ClassVar[tuple[str, ...]] = ()
     _title: ClassVar[str] = "panel"
+    _locks_model: ClassVar[bool] = True  # False: the panel coordinates with model_lock itself
 
     error = Unicode("").tag(sync=True)
     error_detail = Unicode("").tag(sync=True)
@@ -100,7 +121,12 @@ class Panel(anywidget.AnyWidget):
     @contextlib.contextmanager
     def working(self, status: str) -> Iterator[None]:
         """``with panel.working("running"): ...``: busy with ``status`` while inside (nested
-        uses keep the outer status when they end); exceptions propagate."""
+        uses keep the outer status when they end), holding the model (:func:`model_lock`;
+        refused at once while a sweep holds it); exceptions propagate."""
+        lock = model_lock(self._bridge) if self._bridge is not None and self._locks_model else None
+        if lock is not None and not lock.acquire(blocking=False):
+            raise RuntimeError("A patching sweep is running on this model; wait for it or cancel it in "
+                               "the patching panel, then try again.")
         outer = self.busy
         self.status = status
         self.busy = True
@@ -110,16 +136,8 @@ class Panel(anywidget.AnyWidget):
             if not outer:
                 self.busy = False
                 self.status = ""
-
-    @contextlib.contextmanager
-    def task(self, status: str) -> Iterator[None]:
-        """Like :meth:`working`, but an exception is reported in the panel instead of raised
-        (in a callback nobody would see it)."""
-        try:
-            with self.working(status):
-                yield
-        except Exception as exc:  # noqa: BLE001 - shown in the panel, with its traceback
-            self.report(exc)
+            if lock is not None:
+                lock.release()
 
     def report(self, exc: BaseException) -> None:
         """Show ``exc`` in the error area (it stays until dismissed in the panel)."""

@@ -28,8 +28,8 @@ class BackgroundJob:
     """At most one background computation at a time; see the module docstring."""
 
     def __init__(self, *, on_progress: Callable[[int, int], None], on_error: Callable[[BaseException], None],
-                 on_done: Callable[[], None], hz: float = 20.0) -> None:
-        self.lock = threading.Lock()
+                 on_done: Callable[[], None], hz: float = 20.0, lock: Any = None) -> None:
+        self.lock = lock if lock is not None else threading.RLock()  # the model's (shared by panels)
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_progress, self._on_error, self._on_done = on_progress, on_error, on_done

@@ -38,7 +38,7 @@ from workbench.patch_result import PatchResult
 from workbench.patch_sites import resolve_site
 from workbench.patching import align_positions, patch_sweep
 
-from ._base import Panel, esm, guarded
+from ._base import Panel, esm, guarded, model_lock
 from ._patching_grids import Grids
 from ._patching_job import BackgroundJob
 from ._patching_state import (
@@ -73,6 +73,7 @@ class PatchingPanel(Panel):
 
     _esm = esm("patching.js")
     _title = "patching"
+    _locks_model = False  # its BackgroundJob holds model_lock(bridge): sweeps, clicks, estimates
     _linked = ("prompt", "layer", "position", "head")
     _INPUTS = ("prompt", "corrupted", "answer", "wrong", "metric", "site", "index", "direction",
                "positions", "batch_size")
@@ -112,6 +113,7 @@ class PatchingPanel(Panel):
                  wrong: str | None = None, site: str = "resid_pre", selection: Selection | None = None,
                  **kwargs: Any) -> None:
         self._job = BackgroundJob(on_progress=self._on_progress, on_error=self.report, on_done=self._on_done,
+                                  lock=model_lock(bridge),
                                   hz=PROGRESS_HZ)
         self._view_lock = threading.RLock()  # results vs inputs changing under them
         self._generation = 0
@@ -303,8 +305,11 @@ class PatchingPanel(Panel):
         self._update_code(self.last_cell)
         ready = self._layout is not None and self._metric is not None
         if change["new"] and ready and self.attribution_result is None and not self.running:
-            with self.task("attribution patching"):  # else the next sweep computes it
-                self._start(exact=False)
+            self._start_attribution()  # else the next sweep computes it
+
+    @guarded("attribution patching")
+    def _start_attribution(self) -> None:
+        self._start(exact=False)
 
     def _sync_grids(self) -> None:
         self.exact_meta, self.attribution_meta = self._grids.meta["exact"], self._grids.meta["attribution"]
