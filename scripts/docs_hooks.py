@@ -1,0 +1,404 @@
+"""MkDocs hooks for the documentation site (registered in mkdocs.yml), and the support table CLI.
+
+What the hooks do while ``mkdocs build`` runs:
+
+- **Tutorials.** Every ``notebooks/*.ipynb`` becomes a page ``notebooks/<name>/`` (rendered by
+  mkdocs-jupyter, never executed) and fills the ``Tutorials`` section of the nav, sorted by file
+  name; ``<!-- tutorials -->`` in a page becomes a list of links to them; a link to
+  ``../notebooks/<name>.ipynb`` in a page (right on GitHub) is pointed at the rendered page, and
+  a notebook's links to another notebook or into ``docs/`` at the site's copies.
+- **Support table.** ``<!-- support-table -->`` in ``support.md`` becomes the tables that
+  :func:`support_table` derives from the test suite: the variants in ``tests/conftest.py``
+  (``VARIANTS``), the adapters in ``workbench/adapters.py``, and the test modules whose tests take
+  the fixture parametrized over those variants.
+- **API coverage.** Every name in ``__all__`` of ``workbench`` and ``widgets`` must have a
+  ``::: ...`` block in its API page, and a ``::: package.Name`` block must name something in
+  ``__all__`` (blocks for submodules, ``::: workbench.metrics``, are fine); otherwise a warning
+  fails ``mkdocs build --strict``.
+
+Run as a script to print the support table: ``.venv/bin/python scripts/docs_hooks.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+NOTEBOOKS = ROOT / "notebooks"
+TUTORIALS_DIR = "notebooks"  # where the notebooks appear in the site (as in the repository)
+NAV_SECTION = "Tutorials"
+SUPPORT_MARKER = "<!-- support-table -->"
+TUTORIALS_MARKER = "<!-- tutorials -->"
+# API page (in docs/) -> the package whose __all__ it documents
+API_PAGES = {"api.md": "workbench", "api_widgets.md": "widgets"}
+
+log = logging.getLogger("mkdocs.hooks.workbench")
+
+
+# --------------------------------------------------------------------------------------------
+# Tutorials: notebooks/*.ipynb as pages
+
+
+def notebooks() -> list[Path]:
+    """The tutorial notebooks, sorted by file name (their numeric prefixes give the order)."""
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def notebook_title(path: Path) -> str:
+    """The first ``# `` heading of the notebook's first markdown cells, else the file stem."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        src = cell.get("source", "")
+        for line in ("".join(src) if isinstance(src, list) else src).splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    return path.stem
+
+
+def _tutorial_uri(path: Path) -> str:
+    return f"{TUTORIALS_DIR}/{path.name}"
+
+
+def _absolute_griffe_extensions(config) -> None:
+    """Griffe resolves an extension's file path against the working directory: make the ones
+    given relative to mkdocs.yml absolute."""
+    plugin = config.plugins.get("mkdocstrings")
+    options = (plugin.config.handlers.get("python") or {}).get("options") or {} if plugin else {}
+    exts = options.get("extensions") or []
+    for i, ext in enumerate(exts):
+        if isinstance(ext, str) and ".py" in ext:
+            path, _, cls = ext.partition(":")
+            full = Path(config.config_file_path).parent / path
+            if full.is_file():
+                exts[i] = f"{full}:{cls}" if cls else str(full)
+
+
+def on_config(config):
+    """Fill the nav's ``Tutorials`` section with every notebook (the section may be ``[]``);
+    make the griffe extension paths absolute."""
+    _absolute_griffe_extensions(config)
+    pages = [_tutorial_uri(p) for p in notebooks()]
+    if not pages:
+        log.warning("no notebooks found in %s: the Tutorials section stays empty", NOTEBOOKS)
+    for item in config.nav or []:
+        if isinstance(item, dict) and NAV_SECTION in item:
+            item[NAV_SECTION] = pages
+            break
+    else:
+        log.warning("mkdocs.yml: the nav has no %r section to put the notebooks in", NAV_SECTION)
+    return config
+
+
+def _add_notebook_files(files, config):
+    from mkdocs.structure.files import File
+
+    # A real file under the repository root, not File.generated: mkdocs-jupyter's page wrapper
+    # finds a generated file's source path as None.
+    for path in notebooks():
+        files.append(File(_tutorial_uri(path), src_dir=str(ROOT), dest_dir=config.site_dir,
+                          use_directory_urls=config.use_directory_urls))
+    return files
+
+
+def _rewrite_notebook_links(markdown: str, page_uri: str) -> str:
+    """``](../notebooks/x.ipynb)`` (right in the repository) -> the rendered page of x."""
+    page_dir = posixpath.dirname(page_uri)
+    nb_dir = posixpath.relpath("notebooks", posixpath.join("docs", page_dir))  # as seen on disk
+
+    def fix(m: re.Match) -> str:
+        target = posixpath.relpath(f"{TUTORIALS_DIR}/{m.group(1)}", page_dir or ".")
+        return f"]({target}{m.group(2) or ''})"
+
+    return re.sub(r"\]\(" + re.escape(nb_dir) + r"/([\w.-]+\.ipynb)(#[^)\s]*)?\)", fix, markdown)
+
+
+_HTML_LINK = re.compile(r'\b(href|src)="([^"#?]*)([#?][^"]*)?"')
+
+
+def _rewrite_notebook_html(html: str, page, files) -> str:
+    """Links in a rendered notebook are relative to notebooks/ in the repository: point the ones
+    to another notebook, or to a page or image in docs/, at the site's copy. Any other relative
+    link would be broken in the site, and is reported (a warning fails --strict)."""
+    from mkdocs.utils import get_relative_url
+
+    def fix(m: re.Match) -> str:
+        attr, target, rest = m.group(1), m.group(2), m.group(3) or ""
+        if not target or re.match(r"^([a-z][a-z0-9+.-]*:|/)", target, flags=re.I):
+            return m.group(0)
+        repo_path = posixpath.normpath(posixpath.join(posixpath.dirname(page.file.src_uri), target))
+        if repo_path.startswith(f"{TUTORIALS_DIR}/"):
+            site_file = files.get_file_from_path(repo_path)
+        elif repo_path.startswith("docs/"):
+            site_file = files.get_file_from_path(repo_path[len("docs/"):])
+        else:
+            site_file = None
+        if site_file is None:
+            log.warning("%s links to %r (%s), which is not part of the site", page.file.src_uri, target,
+                        repo_path)
+            return m.group(0)
+        return f'{attr}="{get_relative_url(site_file.url, page.url)}{rest}"'
+
+    return _HTML_LINK.sub(fix, html)
+
+
+def tutorials_list(page_dir: str = "") -> str:
+    """A markdown list of the tutorials, links relative to a page in ``page_dir``."""
+    lines = []
+    for path in notebooks():
+        target = posixpath.relpath(_tutorial_uri(path), page_dir or ".")
+        lines.append(f"- [{notebook_title(path)}]({target})")
+    return "\n".join(lines) or "(no tutorial notebooks found)"
+
+
+# --------------------------------------------------------------------------------------------
+# The support table, derived from the test suite
+
+
+@dataclass(frozen=True)
+class TestModule:
+    name: str  # e.g. "test_parity.py"
+    summary: str  # first line of the module docstring
+    tests: tuple[str, ...]  # test functions that take a variant-parametrized fixture
+
+
+def _literal_assignment(tree: ast.Module, name: str):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                and node.target.id == name and node.value is not None:
+            return ast.literal_eval(node.value)
+    raise LookupError(f"no literal assignment to {name!r}")
+
+
+def load_variants(conftest: Path = TESTS / "conftest.py") -> dict[str, tuple[str, dict]]:
+    """``VARIANTS`` of the test suite, read from the source (nothing imported): id -> (family, kw)."""
+    return _literal_assignment(ast.parse(conftest.read_text(encoding="utf-8")), "VARIANTS")
+
+
+def _is_fixture(dec: ast.expr) -> bool:
+    node = dec.func if isinstance(dec, ast.Call) else dec
+    return (isinstance(node, ast.Attribute) and node.attr == "fixture") or \
+        (isinstance(node, ast.Name) and node.id == "fixture")
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _usefixtures(decorators: list[ast.expr]) -> list[str]:
+    out = []
+    for dec in decorators:
+        if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) \
+                and dec.func.attr == "usefixtures":
+            out += [a.value for a in dec.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    return out
+
+
+def _requests(fn: ast.FunctionDef) -> list[str]:
+    """The fixtures a function requests: its arguments and ``usefixtures`` marks."""
+    return [a.arg for a in fn.args.args if a.arg not in ("self", "request")] \
+        + _usefixtures(fn.decorator_list)
+
+
+def _functions(tree: ast.Module):
+    """Module-level functions and methods of ``Test*`` classes."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            yield node
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            yield from (n for n in node.body if isinstance(n, ast.FunctionDef))
+
+
+def _fixtures(tree: ast.Module) -> tuple[dict[str, list[str]], set[str]]:
+    """Fixture name -> the fixtures it requests; and the fixtures parametrized over VARIANTS."""
+    deps, over_variants = {}, set()
+    for fn in _functions(tree):
+        for dec in fn.decorator_list:
+            if _is_fixture(dec):
+                deps[fn.name] = _requests(fn)
+                if isinstance(dec, ast.Call) and any(k.arg == "params" and "VARIANTS" in _names(k.value)
+                                                     for k in dec.keywords):
+                    over_variants.add(fn.name)
+    return deps, over_variants
+
+
+def _uses(name: str, roots: set[str], deps: dict[str, list[str]], seen: frozenset = frozenset()) -> bool:
+    """Whether fixture ``name`` is, or requests (transitively), one of the ``roots`` fixtures."""
+    if name in roots:
+        return True
+    return name not in seen and any(_uses(d, roots, deps, seen | {name}) for d in deps.get(name, ()))
+
+
+def variant_test_modules(tests_dir: Path = TESTS) -> list[TestModule]:
+    """Test modules with tests that run once per variant (they request, directly or through other
+    fixtures, a fixture whose ``params`` are the ``VARIANTS``). Fixtures of a module override the
+    ones of the conftest.py files above it, as in pytest."""
+    out = []
+    for path in sorted(tests_dir.rglob("test_*.py")):
+        deps, roots = {}, set()
+        conftests = [d / "conftest.py" for d in reversed(path.relative_to(tests_dir).parents)]
+        for conftest in [tests_dir / c for c in conftests] + [path]:
+            if conftest.is_file():
+                d, r = _fixtures(ast.parse(conftest.read_text(encoding="utf-8")))
+                roots = (roots - d.keys()) | r
+                deps.update(d)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+
+        tests = tuple(fn.name for fn in _functions(tree) if fn.name.startswith("test")
+                      and any(_uses(name, roots, deps) for name in _requests(fn)))
+        if tests:
+            doc = (ast.get_docstring(tree) or "").strip().split("\n\n")[0]
+            out.append(TestModule(str(path.relative_to(tests_dir)), " ".join(doc.split()), tests))
+    return out
+
+
+_NORM = {"LN": "LayerNorm", "RMS": "RMSNorm"}
+_QKV = {"fused": "fused QKV", "split": "separate Q, K, V", "per_head": "fused QKV, interleaved per head"}
+_LINEAR = {"conv1d": "Conv1D `[in, out]`", "linear": "Linear `[out, in]`"}
+
+
+def _attention(cfg: dict) -> str:
+    h, kv = cfg["n_heads"], cfg["n_kv_heads"]
+    kind = "MHA" if kv == h else "MQA" if kv == 1 else "GQA"
+    return f"{kind}, {h} query / {kv} K/V heads"
+
+
+def _positions(adapter, cfg: dict) -> str:
+    if adapter.positional != "rotary":
+        return "learned absolute"
+    return f"rotary ({cfg['rotary_dim']} of {cfg['d_head']} dims)"
+
+
+def support_table() -> str:
+    """The support page's tables (markdown), derived from the tests and the adapters."""
+    from workbench.adapters import ADAPTERS, adapter_for
+    from workbench.toy import tiny_config
+
+    variants = load_variants()
+    modules = variant_test_modules()
+    by_family: dict[str, list[str]] = {}
+    rows = []
+    for vid, (family, kw) in variants.items():
+        config = tiny_config(family, **kw)
+        adapter = adapter_for(config.model_type)
+        cfg = adapter.read_config(config)
+        by_family.setdefault(adapter.family, []).append(vid)
+        rows.append(
+            f"| `{vid}` | `{adapter.family}` | {_attention(cfg)} | {_positions(adapter, cfg)} | "
+            f"{'parallel' if cfg['parallel_attn_mlp'] else 'sequential'} | {_NORM[adapter.normalization]} | "
+            f"{'gated ' if cfg['gated_mlp'] else ''}{cfg['act_fn']} |"
+        )
+    fam_rows = []
+    for a in ADAPTERS:
+        covered = ", ".join(f"`{v}`" for v in by_family.get(a.family, []))
+        if not covered:
+            log.warning("adapter family %r has no variant in tests/conftest.py VARIANTS: it is not "
+                        "tested, so the docs do not list it as supported (add a variant)", a.family)
+            continue
+        fam_rows.append(
+            f"| `{a.family}` | {', '.join(f'`{t}`' for t in a.model_types)} | {covered} | "
+            f"{_LINEAR[a.linear_layout]}, {_QKV[a.qkv_layout]} | "
+            f"{'learned absolute' if a.positional == 'standard' else 'rotary'} |"
+        )
+    n_tests = sum(len(m.tests) for m in modules)
+    mod_rows = [f"| `tests/{m.name}` | {len(m.tests)} | {m.summary} |" for m in modules]
+    return "\n".join([
+        "### Families",
+        "",
+        "| family | `config.model_type` | test variants | weight layout | positions |",
+        "| --- | --- | --- | --- | --- |",
+        *fam_rows,
+        "",
+        "### Variants",
+        "",
+        "| variant | family | attention | positions | attention and MLP | norm | MLP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        "### Tests that run on every variant",
+        "",
+        f"{n_tests} test functions in {len(modules)} modules take the variant fixture, so each runs "
+        f"{len(variants)} times, once per variant:",
+        "",
+        "| module | tests | what it checks |",
+        "| --- | --- | --- |",
+        *mod_rows,
+    ])
+
+
+# --------------------------------------------------------------------------------------------
+# API pages cover __all__
+
+
+def public_names(package: str) -> list[str]:
+    """``__all__`` of a top-level package, read from its ``__init__.py`` (nothing imported)."""
+    tree = ast.parse((ROOT / package / "__init__.py").read_text(encoding="utf-8"))
+    return list(_literal_assignment(tree, "__all__"))
+
+
+def _check_api_page(markdown: str, page: str) -> None:
+    package = API_PAGES[page]
+    documented = {}
+    for ident in re.findall(r"^:::\s+([\w.]+)", markdown, flags=re.M):
+        documented[ident.rsplit(".", 1)[-1]] = ident
+    wanted = public_names(package)
+    for name in wanted:
+        if name not in documented:
+            log.warning("%s: %s.%s is in %s.__all__ but has no '::: ...' block", page, package, name,
+                        package)
+    for name, ident in documented.items():  # a stale or misspelt top-level name (submodules are fine)
+        submodule = (ROOT / package / f"{name}.py").is_file() or (ROOT / package / name).is_dir()
+        if ident.count(".") == 1 and name not in wanted and not submodule:
+            log.warning("%s: '::: %s' documents a name outside %s.__all__", page, ident, package)
+
+
+# --------------------------------------------------------------------------------------------
+# Hook entry points (MkDocs calls the on_* functions of this module)
+
+
+def _event_priority(priority: int):
+    try:
+        from mkdocs.plugins import event_priority
+    except ImportError:  # used as a script without mkdocs
+        return lambda f: f
+    return event_priority(priority)
+
+
+@_event_priority(100)  # before mkdocs-jupyter wraps the .ipynb files into pages
+def on_files(files, config):
+    return _add_notebook_files(files, config)
+
+
+def on_page_markdown(markdown, page, config, files):
+    uri = page.file.src_uri
+    page_dir = posixpath.dirname(uri)
+    if uri in API_PAGES:
+        _check_api_page(markdown, uri)
+    if TUTORIALS_MARKER in markdown:
+        markdown = markdown.replace(TUTORIALS_MARKER, tutorials_list(page_dir))
+    if SUPPORT_MARKER in markdown:
+        markdown = markdown.replace(SUPPORT_MARKER, support_table())
+    elif uri == "support.md":
+        log.warning("support.md lost its %s marker: the generated table has nowhere to go", SUPPORT_MARKER)
+    return _rewrite_notebook_links(markdown, uri)
+
+
+def on_page_content(html, page, config, files):
+    if page.file.src_uri.startswith(f"{TUTORIALS_DIR}/") and page.file.src_uri.endswith(".ipynb"):
+        return _rewrite_notebook_html(html, page, files)
+    return html
+
+
+if __name__ == "__main__":
+    print(support_table())
