@@ -29,6 +29,7 @@ CELLS = [
     "bridge = Bridge.from_pretrained('workbench-demo')",
     f"wb = Workbench(bridge, prompt={CLEAN!r}, corrupted={CORRUPTED!r}, answer=' Nora', wrong=' Felix')\nwb",
     f"markup = AttentionPanel(bridge, {MARKUP!r}, layer=1)\nmarkup",
+    "from widgets import HookPicker\nsolo = HookPicker(bridge)  # no prompt yet\nsolo",
 ]
 PANELS = harness.PANELS
 
@@ -81,7 +82,7 @@ def page(lab):
         expect(status).to_be_visible(timeout=90_000)
         pg.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         pg.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        expect(pg.locator(".jp-CodeCell .jp-InputArea-prompt")).to_have_text(["[1]:", "[2]:", "[3]:"],
+        expect(pg.locator(".jp-CodeCell .jp-InputArea-prompt")).to_have_text(["[1]:", "[2]:", "[3]:", "[4]:"],
                                                                            timeout=180_000)
         expect(pg.locator(".wb-panel")).to_have_count(len(PANELS), timeout=60_000)
         expect(status).to_be_visible(timeout=120_000)

@@ -116,6 +116,64 @@ def test_markup_tokens_stay_text(page):
     shoot(p, "markup")
 
 
+def run_cell(page, code: str) -> None:
+    """Add a cell below the last one, type ``code`` and run it (as a user would, by keyboard)."""
+    last = page.locator(".jp-Notebook .jp-Cell").last
+    last.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    editor = page.locator(".jp-Notebook .jp-Cell").last.locator(".cm-content")
+    editor.click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\| Idle$"))).to_be_visible(timeout=T)
+
+
+def shows_error(p, text: str) -> None:
+    """The panel's error area shows ``text``; dismissing it hides it."""
+    error = p.locator(".wb-error")
+    expect(error).to_be_visible(timeout=T)
+    expect(error).to_contain_text(text)
+    error.get_by_role("button", name="dismiss").click()
+    expect(error).to_be_hidden(timeout=T)
+
+
+def test_errors_in_callbacks_are_shown(page):
+    solo = panel(page, "solo_hooks")  # hook picker: caching without a prompt
+    solo.get_by_role("button", name="cache now").click()
+    shows_error(solo, "no prompt")
+    comp = panel(page, "composition")  # blank cells are not pairs: a click there does nothing,
+    grid_click(page, comp.locator("canvas.wb-heatmap"), 12, 1)  # so set a bad kind from code
+    expect(comp.locator(".wb-error")).to_be_hidden()
+    run_cell(page, "wb.composition.kind = 'w'")
+    shows_error(comp, "'w'")
+    run_cell(page, "wb.composition.kind = 'k'")
+    patch = panel(page, "patching")  # an answer that is not one token
+    answer = patch.get_by_placeholder(re.compile("answer token"))
+    answer.fill("zq xv")
+    answer.press("Enter")
+    shows_error(patch, "zq xv")
+    answer.fill(" Nora")
+    answer.press("Enter")
+    expect(patch.locator(".wb-error")).to_be_hidden(timeout=T)
+    att = panel(page, "markup")  # a prompt longer than the model's context (256 tokens)
+    box = att.locator("textarea")
+    box.fill("the cat sat " * 120)
+    att.get_by_role("button", name="run").click()
+    shows_error(att, "256")
+
+
+def test_markup_in_the_patching_prompts_stays_text(page):
+    patch = panel(page, "patching")
+    corrupted = patch.locator("input[type=text]").nth(1)
+    corrupted.fill("When <b>x</b> and <img src=y onerror=alert(2)> went, Nora gave a drink to")
+    corrupted.press("Enter")
+    expect(patch).to_contain_text("onerror", timeout=T)  # the tokenization row, as text
+    expect(page.locator(".wb-panel img")).to_have_count(0)
+    expect(page.locator(".wb-panel b")).to_have_count(0)
+    assert not [e for e in page.errors if e.startswith("dialog")]
+
+
 def test_no_console_errors(page):
     page.screenshot(path=str(PROOF / "notebook.png"))
     assert page.errors == []
