@@ -16,6 +16,8 @@ VARIANTS = {
     "llama_mha": ("llama", {}),
     "llama_gqa": ("llama", {"n_kv_heads": 2}),
     "llama_mqa": ("llama", {"n_kv_heads": 1}),
+    "mistral_sliding": ("mistral", {"n_kv_heads": 2, "sliding_window": 3}),
+    "llama_bias": ("llama", {"n_kv_heads": 2, "attention_bias": True}),
     "neox_parallel": ("gpt_neox", {}),
     "neox_sequential": ("gpt_neox", {"use_parallel_residual": False}),
 }

@@ -55,7 +55,8 @@ def test_writes_change_downstream(bridge):
     v = cache["v", 0]
     groups = bridge.cfg.n_heads // v.shape[2]
     v = v.repeat_interleave(groups, dim=2)
-    expected_z = torch.cumsum(v, dim=1) / torch.arange(1, v.shape[1] + 1)[None, :, None, None]
+    weights = uniform(cache["pattern", 0], None)  # [b, h, q, k]: every key the mask lets through
+    expected_z = torch.einsum("bhqk,bkhd->bqhd", weights, v)  # (a sliding window lets fewer)
     torch.testing.assert_close(c2["z", 0], expected_z, rtol=1e-4, atol=1e-5)
 
     # z write changes attn_out: zero z -> attn_out equals the output bias

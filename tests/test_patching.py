@@ -126,8 +126,11 @@ def test_skipping_happens_and_stays_exact(sharp, monkeypatch):
         r = patch_sweep(bridge, CLEAN, CORRUPTED, site=site, index=index, metric=metric, batch_size=4)
         ref = naive_sweep(bridge, site, index, metric)
         torch.testing.assert_close(r.per_prompt, ref, **TOL)
-    assert any(L0 > 0 for L0, _ in starts) and any(P0 > 0 for _, P0 in starts)
-    assert any(L0 > 0 and P0 > 0 for L0, P0 in starts)
+    assert any(L0 > 0 for L0, _ in starts)
+    if getattr(bridge.model.config, "sliding_window", None):  # HF keeps only the window's keys:
+        assert all(P0 == 0 for _, P0 in starts)  # no full-length prefix to reuse, so no position skip
+    else:
+        assert any(P0 > 0 for _, P0 in starts) and any(L0 > 0 and P0 > 0 for L0, P0 in starts)
     assert len(bridge.model.get_submodule(bridge.adapter.blocks)) == bridge.cfg.n_layers
 
 

@@ -86,8 +86,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         mlp_in="mlp.c_fc", mlp_gate=None, mlp_out="mlp.c_proj", linear_layout="conv1d",
         normalization="LN", positional="standard", read_config=_gpt2_config,
     ),
-    Adapter(
-        family="llama", model_types=("llama",), embed="model.embed_tokens", pos_embed=None,
+    Adapter(  # mistral: the same module tree, plus a sliding window
+        family="llama", model_types=("llama", "mistral"), embed="model.embed_tokens", pos_embed=None,
         blocks="model.layers", ln_final="model.norm", unembed="lm_head",
         ln1="input_layernorm", ln2="post_attention_layernorm", attn="self_attn", mlp="mlp",
         attn_qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_layout="split",

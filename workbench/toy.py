@@ -16,6 +16,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     PreTrainedTokenizerFast,
 )
 
@@ -35,7 +36,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                 n_kv_heads: int | None = None, vocab: int = 103, **extra):
-    """A small config of ``family`` ("gpt2", "llama", "gpt_neox")."""
+    """A small config of ``family`` ("gpt2", "llama", "mistral", "gpt_neox")."""
     if family == "gpt2":
         return GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=vocab,
                           n_positions=128, bos_token_id=0, eos_token_id=0, **extra)
@@ -45,13 +46,18 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
                            intermediate_size=2 * d_model, vocab_size=vocab,
                            max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
                            pad_token_id=1, **extra)
+    if family == "mistral":
+        return MistralConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                    num_key_value_heads=n_kv_heads or n_heads, intermediate_size=2 * d_model,
+                    vocab_size=vocab, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+                    pad_token_id=1, **extra)
     if family == "gpt_neox":
         extra.setdefault("rotary_pct", 0.5)
         return GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model,
                              num_attention_heads=n_heads, intermediate_size=4 * d_model,
                              vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
                              eos_token_id=0, **extra)
-    raise ValueError(f"family must be 'gpt2', 'llama' or 'gpt_neox'; got {family!r}.")
+    raise ValueError(f"family must be one of gpt2, llama, mistral, gpt_neox; got {family!r}.")
 
 
 def tiny_model(family: str, seed: int = 0, **config_kwargs):
