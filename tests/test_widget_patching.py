@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from widget_comm import front_end_sends, front_end_sets, reply
+from widget_comm import front_end_sends, front_end_sets, hold_first_report, reply
 
 from widgets._base import _key
 from widgets._patching_job import BackgroundJob
@@ -50,19 +50,6 @@ def grid(panel, which="exact"):
     meta, buffers = reply(panel, {"kind": "values", "which": which, "version": version})
     assert "error" not in meta and meta["dtype"] == "float16" and meta["version"] == version
     return torch.from_numpy(from_bytes(buffers[0], "float16", (meta["rows"], meta["cols"])).astype("float32"))
-
-
-def hold_first_report(panel):
-    """Block the sweep's thread inside its first progress report until ``go`` is set; ``first``
-    is set once it got there. The test (the kernel thread) meanwhile plays the front end."""
-    first, go = threading.Event(), threading.Event()
-
-    def hold(_change):
-        if threading.current_thread() is not threading.main_thread() and not first.is_set():
-            first.set()
-            assert go.wait(60)
-    panel.observe(hold, names="progress")
-    return first, go
 
 
 def test_sweep_from_the_front_end_equals_patch_sweep(ioi, demo):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from widget_comm import front_end_sends, front_end_sets
+from widget_comm import front_end_sends, front_end_sets, hold_first_report
 
 from widgets import Workbench
 
@@ -80,15 +80,7 @@ def test_panel_subset_and_errors(comm, demo):
 def test_other_panels_wait_for_a_running_sweep(wb):
     """A sweep attaches hooks and swaps blocks on the shared model in its thread: meanwhile the
     other panels refuse to run the model (and say why) instead of reading a half-patched one."""
-    import threading
-
-    first, go = threading.Event(), threading.Event()
-
-    def hold(_change):
-        if threading.current_thread() is not threading.main_thread() and not first.is_set():
-            first.set()
-            assert go.wait(60)
-    wb.patching.observe(hold, names="progress")
+    first, go = hold_first_report(wb.patching)
     front_end_sends(wb.patching, {"type": "action", "name": "run"})
     assert first.wait(60)
     front_end_sets(wb.logit_lens, sites=["resid_pre", "resid_post"])

@@ -7,6 +7,7 @@ a :class:`RecordingComm`; ``panel.comm.messages`` then lists what went to the br
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from comm.base_comm import BaseComm
@@ -71,3 +72,16 @@ def number_lists(value: Any, path: str = "") -> list[str]:
             return [path]
         return [p for v in value for p in number_lists(v, path + "[]")]
     return []
+
+
+def hold_first_report(panel):
+    """Block the sweep's thread inside its first progress report until ``go`` is set; ``first``
+    is set once it got there. The test (the kernel thread) meanwhile plays the front end."""
+    first, go = threading.Event(), threading.Event()
+
+    def hold(_change):
+        if threading.current_thread() is not threading.main_thread() and not first.is_set():
+            first.set()
+            assert go.wait(60)
+    panel.observe(hold, names="progress")
+    return first, go

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from workbench.attribution_patching import pearson
 from workbench.cell_patch import CellPatch
 from workbench.errors import InputError
 
@@ -32,12 +33,8 @@ def summary(result: Any) -> dict[str, Any]:
 def correlation(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int] | None:
     """Pearson correlation over the cells finite in both grids, and their count (None with fewer
     than 2 cells, or a constant side)."""
-    a, b = a.flatten().double(), b.flatten().double()
-    keep = a.isfinite() & b.isfinite()
-    n = int(keep.sum())
-    if n < 2:
-        return None
-    r = float(torch.corrcoef(torch.stack([a[keep], b[keep]]))[0, 1])
+    n = int((a.isfinite() & b.isfinite()).sum())
+    r = pearson(a, b) if n >= 2 else float("nan")
     return (r, n) if r == r else None
 
 

@@ -135,9 +135,11 @@ def _cells(site: Site, src: torch.Tensor, act: torch.Tensor, grad: torch.Tensor 
     return out.movedim(0, -1)
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two same-sized grids over the cells finite in both (cells a partial
+    sweep did not run are NaN); NaN with a constant side or no such cells."""
     a, b = a.flatten().double(), b.flatten().double()
-    keep = ~(a.isnan() | b.isnan())
+    keep = a.isfinite() & b.isfinite()
     a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
     denom = float(a.norm() * b.norm())
     return float((a * b).sum()) / denom if denom > 0 else float("nan")
@@ -178,7 +180,7 @@ def attribution_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     if exact:
         ref = patch_sweep(bridge, clean, corrupted, site=site, metric=metric, index=index,
                           direction=direction, positions=positions, layers=layers, heads=heads)
-        exact_values, correlation = ref.values, _pearson(values, ref.values)
+        exact_values, correlation = ref.values, pearson(values, ref.values)
     axis_labels = {"layer": tuple(layer_list), "head": tuple(head_list),
                    "pos": position_labels(clean_str, corrupted_str, pairs)}
     return AttributionResult(

@@ -189,9 +189,7 @@ def same_mask(site: Site, base: torch.Tensor, src: torch.Tensor, pairs: torch.Te
     sites) or ``[n_pairs, n_heads]`` (head and pattern sites), bool."""
     sp, pp = pairs[:, 0].to(src.device), pairs[:, 1].to(base.device)
     src = src.to(base.device, base.dtype)
-    if site.kind == "resid":  # [b, pos, d] -> [n_pairs]
-        return (src[:, sp] == base[:, pp]).all(-1).all(0)
-    if site.kind == "head":  # [b, pos, h, d] -> [n_pairs, h]
+    if site.kind in ("resid", "head"):  # [b, pos, d] -> [n_pairs]; [b, pos, h, d] -> [n_pairs, h]
         return (src[:, sp] == base[:, pp]).all(-1).all(0)
     return (src[:, :, sp] == base[:, :, pp]).all(-1).all(0).T  # pattern [b, h, q, k]
 
