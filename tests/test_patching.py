@@ -11,6 +11,7 @@ from workbench.metrics import Metric, kl_to, logit_diff, normalized
 from workbench.patch_engine import Cancelled, run_cells
 from workbench.patch_sites import Cell
 from workbench.patching import patch_sweep, prepare_patching
+from workbench.toy import char_tokenizer, tiny_model
 
 CLEAN = ["Mary&J", "Anna&B"]
 CORRUPTED = ["John&J", "Bert&B"]
@@ -132,6 +133,57 @@ def test_skipping_happens_and_stays_exact(sharp, monkeypatch):
     else:
         assert any(P0 > 0 for _, P0 in starts) and any(L0 > 0 and P0 > 0 for L0, P0 in starts)
     assert len(bridge.model.get_submodule(bridge.adapter.blocks)) == bridge.cfg.n_layers
+
+
+def test_rows_join_at_their_own_layer(sharp):
+    """In one pass holding cells of every layer, block L runs only the rows of cells patched at
+    layers <= L (the others would compute the base run there), and the values stay exact."""
+    bridge, metric = sharp
+    n_layers, batch = bridge.cfg.n_layers, len(CLEAN)
+    blocks = bridge.model.get_submodule(bridge.adapter.blocks)
+    rows: dict[int, list[int]] = {}
+    handles = [b.register_forward_pre_hook(
+        lambda mod, args, kwargs, L=L: rows.setdefault(L, []).append(
+            (args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True)
+        for L, b in enumerate(blocks)]
+    try:
+        for site, index in (("resid_pre", "pos"), ("z", "head_pos")):
+            rows.clear()
+            r = patch_sweep(bridge, CLEAN, CORRUPTED, site=site, index=index, metric=metric,
+                            batch_size=10_000, reuse_prefix=False, skip_unchanged=False)
+            per_layer = r.values[0].numel()  # cells at one layer
+            assert r.n_forward == 1
+            # the two unpatched runs (clean, corrupted) see `batch` rows; the pass sees the rest
+            passes = {L: [n for n in got if n != batch] for L, got in rows.items()}
+            assert passes == {L: [(L + 1) * per_layer * batch] for L in range(n_layers)}, passes
+            torch.testing.assert_close(r.per_prompt, naive_sweep(bridge, site, index, metric), **TOL)
+    finally:
+        for h in handles:
+            h.remove()
+    assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
+
+
+@pytest.mark.parametrize(("family", "kw"), [("gpt2", {}), ("llama", {"n_kv_heads": 2}), ("gpt_neox", {})],
+                         ids=["gpt2", "llama_gqa", "neox"])
+def test_rows_joining_deep_models_with_prefix(tmp_path, family, kw):
+    """Four layers (so blocks after a join still receive the model's per-row arguments: the
+    causal mask of a prefix-reusing pass, position ids), batches of 2 and 3 prompts: every
+    chunking equals the one-at-a-time loop."""
+    model = tiny_model(family, n_layers=4, **kw)
+    model.save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)
+    bridge = sharpen(Bridge.from_pretrained(str(tmp_path)))
+    three = (["Mary&J", "Anna&B", "Carl&D"], ["John&J", "Bert&B", "Dave&D"])
+    for clean, corrupted in ((CLEAN, CORRUPTED), three):
+        diff = (bridge(clean)[:, -1] - bridge(corrupted)[:, -1]).mean(0)
+        metric = logit_diff(bridge, int(diff.argmax()), int(diff.argmin()))
+        for site, index in (("resid_pre", "pos"), ("z", "head_pos"), ("k", "head_pos")):
+            ref = naive_sweep(bridge, site, index, metric, clean=clean, corrupted=corrupted)
+            for size in (None, 3, 5):
+                r = patch_sweep(bridge, clean, corrupted, site=site, index=index, metric=metric,
+                                batch_size=size)
+                torch.testing.assert_close(r.per_prompt, ref, **TOL, msg=lambda m, s=size: f"{s}: {m}")
+    assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
 
 
 def test_clean_into_clean_changes_nothing(sharp):

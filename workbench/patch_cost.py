@@ -35,7 +35,7 @@ import torch
 
 from .errors import InputError
 from .metrics import Metric
-from .patch_engine import PatchPlan, auto_batch_size, bytes_per_cell, chunk_start, order_cells
+from .patch_engine import PatchPlan, auto_batch_size, bytes_per_cell, chunk_cost, chunk_start, order_cells
 from .patch_sites import check_heads, check_layers, enumerate_cells, resolve_site
 from .patching import align_positions, pair_tokens
 from .results import decode, encode_input
@@ -204,10 +204,9 @@ def estimate_cost(bridge: Bridge, clean: Any, corrupted: Any = None, *, site: st
     work = unembedded = 0.0
     for i in range(0, len(order), size):
         chunk = [cells[j] for j in order[i:i + size]]
-        L0, P0 = chunk_start(plan, chunk)
-        rows = len(chunk) * batch
-        work += rows * (n_layers - L0) * (n - P0)
-        unembedded += rows * (n - P0 if read is None else len(read))
+        _, P0 = chunk_start(plan, chunk)
+        work += batch * chunk_cost(plan, chunk)
+        unembedded += len(chunk) * batch * (n - P0 if read is None else len(read))
     n_forward = math.ceil(len(cells) / size)
     prepare = 2 * batch * n * (n_layers + unembed)  # both prompts in full, every logit
     calib = _calibrate(bridge, base)

@@ -7,24 +7,29 @@ run's residual stream entering every block and its keys/values (for skipping), a
 ``C * batch`` rows (cell ``i`` owns rows ``i*batch .. i*batch + batch - 1``), and a forward hook at
 each layer's hook point writes the source activation into the rows of that layer's cells only.
 
-Work skipped, exactly (every row of a chunk computes the base run's values there):
+Work skipped, exactly (every row computes the base run's values wherever it is not patched):
 
-- **blocks before the chunk's first patched layer** ``L0``: the HF blocks ModuleList is swapped
-  for one holding blocks ``L0..`` for the pass, and a forward pre-hook (registered first, so the
-  bridge's own ``hook_resid_pre`` still fires after it) replaces block ``L0``'s input with the
-  base run's cached ``resid_pre`` of layer ``L0``;
+- **blocks before each cell's patched layer**: a cell's rows join the pass at its own layer ``L``.
+  The HF blocks ModuleList is swapped for one holding blocks ``L0..`` (``L0``: the chunk's first
+  layer); a forward pre-hook (registered first, so the bridge's own ``hook_resid_pre`` still fires
+  after it) replaces block ``L0``'s input with the base run's cached ``resid_pre`` of layer
+  ``L0``, and at each later layer where cells join, appends their rows (the base run's cached
+  ``resid_pre`` there) to the block's input, together with the rows of every per-row tensor the
+  block receives (masks, position ids, rotary tables: rows repeat with period ``batch``);
 - **positions before the chunk's first patched position** ``P0`` (causal models; only when the
   metric reads no earlier position): only positions ``P0..`` are run, with an HF ``DynamicCache``
-  holding the base run's keys/values of positions ``< P0``; the model derives position ids (and
-  so rotary angles and learned position embeddings) and the causal mask from the cache length;
+  holding the base run's keys/values of positions ``< P0`` (as many rows per layer as take part
+  there); the model derives position ids (and so rotary angles and learned position embeddings)
+  and the causal mask from the cache length;
 - **unembedding of positions the metric does not read**: ``logits_to_keep`` gets the read
   positions;
 - **cells that change nothing**: where the source activation equals the base run's bit for bit
   (e.g. every position before the first token where clean and corrupted prompts differ), the
   patched run is the base run, so the cell gets the base run's metric without a forward pass.
 
-Cells are ordered for the cost model ``rows x layers run x positions run``: layer-major, or in
-tiles of a few layers by position when that costs less (the order never changes a value).
+Cells are ordered for the cost model ``sum over cells of (layers run) x (positions run)``: by
+position when keys/values are reused (so each chunk's ``P0`` is as late as it can be), else by
+layer (the order never changes a value).
 """
 
 from __future__ import annotations
@@ -94,35 +99,22 @@ def chunk_start(plan: PatchPlan, chunk: list[Cell]) -> tuple[int, int]:
     return L0, P0
 
 
-def order_cells(plan: PatchPlan, cells: list[Cell], size: int) -> list[int]:
-    """Indices into ``cells`` in the order whose chunks of ``size`` cost the least: layer-major,
-    or tiles of ``g`` layers sorted by position within a tile."""
+def chunk_cost(plan: PatchPlan, chunk: list[Cell]) -> int:
+    """Token-layers one chunk computes: each cell's rows run from its own layer, over positions
+    ``P0..`` (per prompt of the batch)."""
     n_layers, n_pos = plan.bridge.cfg.n_layers, plan.base_tokens.shape[1]
+    L0, P0 = chunk_start(plan, chunk)
+    return sum(n_layers - (c.layer if plan.resid is not None else L0) for c in chunk) * (n_pos - P0)
 
-    pos = [cell_pos(plan, c) for c in cells]
 
-    def order(g: int) -> list[int]:
-        return sorted(range(len(cells)), key=lambda i: (cells[i].layer // g, pos[i], cells[i].layer,
-                                                        cells[i].head, i))
-
-    def cost(idx: list[int]) -> int:
-        total = 0
-        for i in range(0, len(idx), size):
-            chunk = [cells[j] for j in idx[i:i + size]]
-            L0, P0 = chunk_start(plan, chunk)
-            total += len(chunk) * (n_layers - L0) * (n_pos - P0)
-        return total
-
-    best = order(1)  # layer-major
+def order_cells(plan: PatchPlan, cells: list[Cell], size: int) -> list[int]:
+    """Indices into ``cells`` in the order whose chunks of ``size`` cost the least
+    (:func:`chunk_cost`): by position, then layer, when a chunk can skip its prefix positions;
+    layer-major otherwise."""
     if plan.kv is None or size >= len(cells):
-        return best
-    best_cost = cost(best)
-    for g in sorted({*(2 ** i for i in range(1, n_layers.bit_length())), n_layers} - {1}):
-        candidate = order(g)
-        c = cost(candidate)
-        if c < best_cost:
-            best, best_cost = candidate, c
-    return best
+        return sorted(range(len(cells)), key=lambda i: (cells[i].layer, cells[i].head, i))
+    pos = [cell_pos(plan, c) for c in cells]
+    return sorted(range(len(cells)), key=lambda i: (pos[i], cells[i].layer, cells[i].head, i))
 
 
 def _first_arg(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
@@ -132,21 +124,56 @@ def _first_arg(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, d
     return args, {**kwargs, "hidden_states": value}
 
 
+def _grow_rows(value, rows: int, new_rows: int, period: int):
+    """``value`` (a block argument) for ``new_rows`` rows instead of ``rows``: a tensor whose
+    first axis is the rows (2-D or more) repeats its first ``period`` rows; tuples and lists are
+    walked; anything else (and tensors shared by every row) is returned as is."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim >= 2 and value.shape[0] == rows and rows != new_rows:
+            return value[:period].repeat(new_rows // period, *([1] * (value.ndim - 1)))
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_grow_rows(v, rows, new_rows, period) for v in value)
+    return value
+
+
+def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int):
+    """A forward pre-hook for a block after the pass's first: append ``extra`` rows
+    ``[k, pos, d_model]`` (if any) to its hidden states (first argument), and grow the per-row
+    arguments the model hands every block (sized for the pass's ``first_rows`` input rows) to
+    the hidden states' rows."""
+    def hook(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if extra is not None:
+            hidden = torch.cat([hidden, extra.to(hidden.dtype)])
+        rows = hidden.shape[0]
+        rest = tuple(_grow_rows(a, first_rows, rows, period) for a in args[1:])
+        kw = {k: _grow_rows(v, first_rows, rows, period) for k, v in kwargs.items() if k != "hidden_states"}
+        if args:
+            return (hidden, *rest), kw
+        return rest, {**kw, "hidden_states": hidden}
+    return hook
+
+
 @contextlib.contextmanager
-def _skipping(plan: PatchPlan, L0: int, P0: int, n: int, keep: torch.Tensor | None) -> Iterator[None]:
-    """For one forward of ``n`` cells: run blocks ``L0..`` only, from the cached residual, over
-    positions ``P0..`` with the cached prefix keys/values, unembedding ``keep`` only."""
+def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
+              keep: torch.Tensor | None) -> Iterator[None]:
+    """For one forward: run blocks ``L0..`` only, from the cached residual, with ``joining[L]``
+    cells' rows joining at layer ``L`` (``L0`` included), over positions ``P0..`` with the cached
+    prefix keys/values, unembedding ``keep`` only."""
     model, path = plan.bridge.model, plan.bridge.adapter.blocks
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     blocks = getattr(parent, attr)
+    n_layers = len(blocks)
+    active = [sum(k for L, k in joining.items() if L <= layer) for layer in range(n_layers)]
     handles = []
     overrides: dict = {}
     if keep is not None:
         overrides["logits_to_keep"] = keep
     if P0 > 0:
-        data = [(k[:, :, :P0].repeat(n, 1, 1, 1), v[:, :, :P0].repeat(n, 1, 1, 1)) if L >= L0
-                else (k[:, :, :P0], v[:, :, :P0])  # only the prefix length is read there
+        data = [(k[:, :, :P0].repeat(active[L], 1, 1, 1), v[:, :, :P0].repeat(active[L], 1, 1, 1))
+                if L >= L0 else (k[:, :, :P0], v[:, :, :P0])  # only the prefix length is read there
                 for L, (k, v) in enumerate(plan.kv)]
         overrides.update(past_key_values=DynamicCache(ddp_cache_data=data), use_cache=True)
     try:
@@ -154,10 +181,16 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, n: int, keep: torch.Tensor | No
             handles.append(model.register_forward_pre_hook(
                 lambda mod, args, kwargs: (args, {**kwargs, **overrides}), with_kwargs=True))
         if L0 > 0:
-            start = plan.resid[L0][:, P0:].repeat(n, 1, 1)
+            start = plan.resid[L0][:, P0:].repeat(joining[L0], 1, 1)
             handles.append(blocks[L0].register_forward_pre_hook(
                 lambda mod, args, kwargs: _first_arg(args, kwargs, start), with_kwargs=True,
                 prepend=True))
+        first_rows = joining[L0] * plan.batch
+        for L in range(L0 + 1, n_layers) if len(joining) > 1 else ():
+            extra = plan.resid[L][:, P0:].repeat(joining[L], 1, 1) if L in joining else None
+            hook = _join_hook(extra, first_rows, plan.batch)
+            handles.append(blocks[L].register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
+        if L0 > 0:
             setattr(parent, attr, torch.nn.ModuleList(list(blocks)[L0:]))
         yield
     finally:
@@ -167,28 +200,39 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, n: int, keep: torch.Tensor | No
 
 
 def run_chunk(plan: PatchPlan, chunk: list[Cell]) -> torch.Tensor:
-    """One batched forward of ``chunk``; returns the metric ``[len(chunk), batch]``."""
+    """One batched forward of ``chunk``; returns the metric ``[len(chunk), batch]`` (in the
+    chunk's order). Rows are laid out by layer (cells joining later come later)."""
     B, site = plan.batch, plan.site
     L0, P0 = chunk_start(plan, chunk)
     keep = None if plan.read is None else torch.tensor([r - P0 for r in plan.read])
+    if plan.resid is not None:
+        order = sorted(range(len(chunk)), key=lambda i: chunk[i].layer)  # stable
+        joining: dict[int, int] = {}
+        for c in chunk:
+            joining[c.layer] = joining.get(c.layer, 0) + 1
+    else:  # every row from the first block
+        order, joining = list(range(len(chunk))), {L0: len(chunk)}
     by_layer: dict[int, list[int]] = {}
-    for slot, c in enumerate(chunk):
-        by_layer.setdefault(c.layer, []).append(slot)
+    for slot, i in enumerate(order):
+        by_layer.setdefault(chunk[i].layer, []).append(slot)
 
     def hook_for(layer: int, slots: list[int]):
-        cells = [chunk[s] for s in slots]
+        cells = [chunk[order[s]] for s in slots]
 
         def fn(act: torch.Tensor, hook) -> torch.Tensor:
             return write(site, act, plan.source[layer], slots, cells, plan.pairs, B, P0)
         return fn
 
     hooks = [(site.hook(L), hook_for(L, slots)) for L, slots in by_layer.items()]
-    tokens = plan.base_tokens[:, P0:].repeat(len(chunk), 1)
-    with _skipping(plan, L0, P0, len(chunk), keep):
+    tokens = plan.base_tokens[:, P0:].repeat(joining[L0], 1)
+    with _skipping(plan, L0, P0, joining, keep):
         logits = plan.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     logits = logits.reshape(len(chunk), B, *logits.shape[1:])
-    return torch.stack([check_output(plan.metric.read(logits[i]), B, plan.metric.name).float()
-                        for i in range(len(chunk))])
+    values = torch.stack([check_output(plan.metric.read(logits[slot]), B, plan.metric.name).float()
+                          for slot in range(len(chunk))])
+    out = torch.empty_like(values)
+    out[torch.tensor(order)] = values
+    return out
 
 
 def run_cells(plan: PatchPlan, cells: list[Cell], size: int,
@@ -233,7 +277,9 @@ def bytes_per_cell(plan: PatchPlan) -> int:
     return plan.batch * elems * max(size, 4)
 
 
-CPU_TOKENS = 512  # tokens per forward on CPU: larger passes run no faster and skip less (measured)
+# tokens per forward on CPU (counted at the pass's widest block): bigger passes gain no throughput
+# and skip fewer prefix positions; GPT-2 small sweeps at 32 and 64 tokens ran fastest at about this
+CPU_TOKENS = 1536
 
 
 def auto_batch_size(plan: PatchPlan, budget: int | None = None) -> int:
