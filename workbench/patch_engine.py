@@ -3,9 +3,10 @@
 A :class:`PatchPlan` holds what one sweep needs, computed once: the patched ("base") run's
 tokens ``[batch, pos]``, the source run's activations of the swept site at every layer, the base
 run's residual stream entering every block and its keys/values (for skipping), and the metric.
-:func:`run_cells` then runs the cells in chunks: a chunk of ``C`` cells is one forward pass of
-``C * batch`` rows (cell ``i`` owns rows ``i*batch .. i*batch + batch - 1``), and a forward hook at
-each layer's hook point writes the source activation into the rows of that layer's cells only.
+:func:`run_cells` then runs the cells in chunks: a chunk of ``C`` cells is one forward pass of up
+to ``C * batch`` rows (with the chunk's cells sorted by layer, cell ``i`` owns rows
+``i*batch .. i*batch + batch - 1``), and a forward hook at each layer's hook point writes the
+source activation into the rows of that layer's cells only.
 
 Work skipped, exactly (every row computes the base run's values wherever it is not patched):
 
