@@ -384,7 +384,7 @@ def main() -> None:
         "mode": "quick" if args.quick else "full",
         "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "python": platform.python_version(), "machine": platform.machine(),
-                "cpus": os.cpu_count()},
+                "cpus": os.cpu_count(), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")},
         "model": "GPT2Config() random init, seed 0, float32, eval, inference_mode",
         "tl": "ok" if tl is not None else f"n/a: {tl_reason}",
         "rows": results,
