@@ -150,9 +150,7 @@ def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int):
         rows = hidden.shape[0]
         rest = tuple(_grow_rows(a, first_rows, rows, period) for a in args[1:])
         kw = {k: _grow_rows(v, first_rows, rows, period) for k, v in kwargs.items() if k != "hidden_states"}
-        if args:
-            return (hidden, *rest), kw
-        return rest, {**kw, "hidden_states": hidden}
+        return _first_arg((hidden, *rest) if args else (), kw, hidden)
     return hook
 
 
