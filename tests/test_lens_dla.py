@@ -76,6 +76,11 @@ def test_lens_bad_input(bridge):
         logit_lens(bridge, [PROMPT, PROMPT])
     with pytest.raises(InputError, match="sites"):
         logit_lens(bridge, PROMPT, sites="resid_end")
+    with pytest.raises(InputError, match="sites is empty"):
+        logit_lens(bridge, PROMPT, sites=())
+    if bridge.cfg.parallel_attn_mlp:
+        with pytest.raises(InputError, match="no resid_mid"):
+            logit_lens(bridge, PROMPT, sites="resid_mid")
     with pytest.raises(InputError, match="layers"):
         logit_lens(bridge, PROMPT, layers=[99])
     with pytest.raises(InputError, match="k must be"):

@@ -70,14 +70,16 @@ def _site_names(bridge: Bridge, sites, layers) -> list[tuple[str, int, str]]:
     bad = [s for s in sites if s not in SITES]
     if bad:
         raise InputError(f"sites must be among {SITES} or 'all'; got {bad}.")
+    if not sites:
+        raise InputError(f"sites is empty; pass one or more of {SITES}, or 'all'.")
     out = []
     for L in check_layers(bridge, layers):
         for s in SITES:  # forward order within a block
             if s in sites and not (s == "resid_mid" and bridge.cfg.parallel_attn_mlp):
                 out.append((f"blocks.{L}.hook_{s}", L, s))
-    if not out:
-        raise InputError("No residual site selected (parallel attention/MLP models have no "
-                         "resid_mid); pass sites='resid_post' or 'all'.")
+    if not out:  # only resid_mid was asked for
+        raise InputError("This model runs attention and MLP in parallel, so it has no resid_mid; "
+                         "pass sites='resid_post' or 'all'.")
     return out
 
 
