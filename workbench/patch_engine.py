@@ -36,6 +36,7 @@ layer (the order never changes a value).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -206,9 +207,7 @@ def run_chunk(plan: PatchPlan, chunk: list[Cell]) -> torch.Tensor:
     keep = None if plan.read is None else torch.tensor([r - P0 for r in plan.read])
     if plan.resid is not None:
         order = sorted(range(len(chunk)), key=lambda i: chunk[i].layer)  # stable
-        joining: dict[int, int] = {}
-        for c in chunk:
-            joining[c.layer] = joining.get(c.layer, 0) + 1
+        joining = dict(Counter(c.layer for c in chunk))
     else:  # every row from the first block
         order, joining = list(range(len(chunk))), {L0: len(chunk)}
     by_layer: dict[int, list[int]] = {}
