@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from workbench import Bridge  # noqa: E402
+from workbench import memory as wb_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 NO_HOOKS_TARGET = 1.03
@@ -104,10 +105,11 @@ def timed(fn) -> tuple[float, float, float]:
 
 
 def fresh_write(sizes: list[int]):
-    """Control contender: allocate and write tensors of the given element counts (float32) into
-    fresh memory and keep them all alive until the end, which is what any cache holding those
-    bytes must at least do. Its time is the floor of "keep N bytes of activations"; on this VM
-    first-touched memory is slow (host backs guest pages lazily), so this floor is large."""
+    """Control contender: allocate and write tensors of the given element counts (float32) and
+    keep them all alive until the end, which is what any cache holding those bytes must at least
+    do. Its time is the floor of "keep N bytes of activations" under the process's allocator
+    policy; on this VM first-touched memory is slow (host backs guest pages lazily), so without
+    reuse of freed memory (``WORKBENCH_KEEP_FREED_MEMORY=0``) this floor is large."""
     def run(_tokens):
         kept = []
         for n in sizes:
@@ -384,7 +386,8 @@ def main() -> None:
         "mode": "quick" if args.quick else "full",
         "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "python": platform.python_version(), "machine": platform.machine(),
-                "cpus": os.cpu_count(), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")},
+                "cpus": os.cpu_count(), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+                "keep_freed_memory": wb_memory.keeps_freed_memory()},
         "model": "GPT2Config() random init, seed 0, float32, eval, inference_mode",
         "tl": "ok" if tl is not None else f"n/a: {tl_reason}",
         "rows": results,

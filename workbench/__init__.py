@@ -20,6 +20,7 @@ from .head_scores import HeadScores, head_scores
 from .hook_info import HookInfo
 from .hook_points import AttachedHook, HookPoint
 from .lens import LogitLens, logit_lens
+from .memory import keep_freed_memory, release_memory
 from .metrics import Metric
 from .patch_cost import CostEstimate, estimate_cost
 from .patch_engine import Cancelled
@@ -35,6 +36,6 @@ __all__ = [
     "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
     "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "WorkbenchError",
     "attention_patterns", "attribution_sweep", "composition_scores", "direct_logit_attribution",
-    "estimate_cost", "head_scores", "logit_lens", "patch_cell", "patch_sweep", "path_patch",
-    "path_patch_sweep",
+    "estimate_cost", "head_scores", "keep_freed_memory", "logit_lens", "patch_cell", "patch_sweep",
+    "path_patch", "path_patch_sweep", "release_memory",
 ]

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from . import memory
 from .adapters import Adapter, adapter_for
 from .attention import ATTN_IMPLEMENTATION, ensure_registered
 from .cache import ActivationCache, CacheContext
@@ -284,6 +285,8 @@ class Bridge:
             store[hook.name + "_grad"] = keep(grad)
 
         points = self._hooks.select(names_filter)
+        if (torch.device(device) if device is not None else self.cfg.device).type == "cpu":
+            memory.before_cpu_cache()  # reuse the pages of dropped caches (see memory.py)
         fwd = [(p.name, save) for p in points]
         bwd = [(p.name, save_grad) for p in points] if incl_bwd else []
         with self._hooks.temporary(fwd, bwd):
