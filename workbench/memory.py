@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
 import os
 import platform
 import threading
@@ -32,6 +33,7 @@ _M_MMAP_MAX = -4
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _KEEP = {_M_TRIM_THRESHOLD: -1, _M_MMAP_MAX: 0}  # -1: never trim (mallopt(3))
 
+_log = logging.getLogger("workbench.memory")
 _lock = threading.Lock()
 _state = {"on": False, "decided": False}
 
@@ -103,4 +105,6 @@ def before_cpu_cache() -> None:
     if os.environ.get("WORKBENCH_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         _state["decided"] = True
         return
-    keep_freed_memory(True)
+    if keep_freed_memory(True):
+        _log.info("glibc now keeps freed memory for the next activation cache; "
+                  "workbench.release_memory() hands it back (WORKBENCH_KEEP_FREED_MEMORY=0: never)")
