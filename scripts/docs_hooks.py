@@ -9,7 +9,7 @@ What the hooks do while ``mkdocs build`` runs:
   a notebook's links to another notebook or into ``docs/`` at the site's copies.
 - **Support table.** ``<!-- support-table -->`` in ``support.md`` becomes the tables that
   :func:`support_table` derives from the test suite: the variants in ``tests/conftest.py``
-  (``VARIANTS``), the adapters in ``workbench/adapters.py``, and the test modules whose tests take
+  (``VARIANTS``), the adapters in ``workbench/adapters/``, and the test modules whose tests take
   the fixture parametrized over those variants.
 - **API coverage.** Every name in ``__all__`` of ``workbench`` and ``widgets`` must have a
   ``::: ...`` block in its API page, and a ``::: package.Name`` block must name something in
@@ -268,10 +268,24 @@ _QKV = {"fused": "fused QKV", "split": "separate Q, K, V", "per_head": "fused QK
 _LINEAR = {"conv1d": "Conv1D `[in, out]`", "linear": "Linear `[out, in]`"}
 
 
-def _attention(cfg: dict) -> str:
+def _attention(adapter, cfg: dict, config) -> str:
     h, kv = cfg["n_heads"], cfg["n_kv_heads"]
     kind = "MHA" if kv == h else "MQA" if kv == 1 else "GQA"
-    return f"{kind}, {h} query / {kv} K/V heads"
+    extras = []
+    if cfg["d_head"] * h != cfg["d_model"]:
+        extras.append(f"d_head {cfg['d_head']}")
+    if adapter.attn_qk_norms is not None:
+        extras.append("per-head Q/K RMSNorm")
+    if cfg.get("clip_qkv") is not None:
+        extras.append(f"Q/K/V clamped to ±{cfg['clip_qkv']}")
+    window = getattr(config, "sliding_window", None)
+    if window is not None:
+        kinds = getattr(config, "layer_types", None)
+        sliding = [str(i) for i, k in enumerate(kinds or ()) if k == "sliding_attention"]
+        where = "" if kinds is None or len(sliding) == len(kinds) else \
+            f" on layer{'s' * (len(sliding) > 1)} {', '.join(sliding)}"
+        extras.append(f"sliding window {window}{where}")
+    return ", ".join([f"{kind}, {h} query / {kv} K/V heads", *extras])
 
 
 def _positions(adapter, cfg: dict) -> str:
@@ -295,7 +309,8 @@ def support_table() -> str:
         cfg = adapter.read_config(config)
         by_family.setdefault(adapter.family, []).append(vid)
         rows.append(
-            f"| `{vid}` | `{adapter.family}` | {_attention(cfg)} | {_positions(adapter, cfg)} | "
+            f"| `{vid}` | `{adapter.family}` | {_attention(adapter, cfg, config)} | "
+            f"{_positions(adapter, cfg)} | "
             f"{'parallel' if cfg['parallel_attn_mlp'] else 'sequential'} | {_NORM[adapter.normalization]} | "
             f"{'gated ' if cfg['gated_mlp'] else ''}{cfg['act_fn']} |"
         )

@@ -9,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 from workbench import Bridge  # noqa: E402
-from workbench.toy import char_tokenizer, tiny_model  # noqa: E402
+from workbench.toy import tiny_model, tiny_tokenizer  # noqa: E402
 
 VARIANTS = {
     "gpt2": ("gpt2", {}),
@@ -20,6 +20,10 @@ VARIANTS = {
     "llama_bias": ("llama", {"n_kv_heads": 2, "attention_bias": True}),
     "neox_parallel": ("gpt_neox", {}),
     "neox_sequential": ("gpt_neox", {"use_parallel_residual": False}),
+    "qwen2_gqa": ("qwen2", {"n_kv_heads": 2, "use_sliding_window": True, "sliding_window": 3,
+                            "max_window_layers": 1}),
+    "qwen3_gqa": ("qwen3", {"n_kv_heads": 2, "head_dim": 32}),
+    "olmo": ("olmo", {"clip_qkv": 0.4}),
 }
 
 
@@ -29,7 +33,7 @@ def saved(request, tmp_path_factory):
     family, kw = VARIANTS[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     tiny_model(family, **kw).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
+    tiny_tokenizer(family).save_pretrained(folder)
     return request.param, folder
 
 

@@ -12,11 +12,11 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 def randomise_norms(bridge, seed=0):
     """Tiny random models have norm weight 1 / bias 0; make them non-trivial so the final-norm
-    handling can fail if wrong."""
+    handling can fail if wrong (OLMo's LayerNorm has neither)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for m in bridge.model.modules():
-            if "norm" in type(m).__name__.lower():
+            if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None:
                 m.weight.mul_(1 + 0.3 * torch.randn_like(m.weight))
                 if getattr(m, "bias", None) is not None:
                     m.bias.add_(0.2 * torch.randn_like(m.bias))
@@ -55,13 +55,13 @@ def test_lens_brute_force_middle_layer(bridge):
     _, cache = bridge.run_with_cache(PROMPT)
     resid = cache["resid_mid" if not bridge.cfg.parallel_attn_mlp else "resid_post", 0][0]
     ln = bridge.model.get_submodule(bridge.adapter.ln_final)
+    weight, bias = getattr(ln, "weight", None), getattr(ln, "bias", None)  # OLMo: neither
+    eps = getattr(ln, "variance_epsilon", getattr(ln, "eps", bridge.cfg.eps))
     x = resid.float()
     if bridge.cfg.normalization_type == "LN":
         x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt() * ln.weight + ln.bias
-    else:
-        eps = getattr(ln, "variance_epsilon", getattr(ln, "eps", 1e-6))
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * ln.weight
+    x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    x = (x if weight is None else x * weight) + (0 if bias is None else bias)
     logits = x @ bridge.W_U + bridge.b_U
     site = "resid_post" if bridge.cfg.parallel_attn_mlp else "resid_mid"
     lens = logit_lens(bridge, PROMPT, sites=site, layers=[0], positions=[-1, 2], k=4)
@@ -105,7 +105,8 @@ def test_dla_sums_to_logit_difference(bridge, wrong):
     assert res.by_head().shape == (c.n_layers, c.n_heads)
     parts = res.by_layer()
     torch.testing.assert_close(parts["embed"] + parts["attn"].sum() + parts["mlp"].sum(), res.mean.sum())
-    if c.normalization_type == "LN" and not wrong:  # LN bias then contributes to a single logit
+    ln_bias = getattr(bridge.model.get_submodule(bridge.adapter.ln_final), "bias", None)  # OLMo: none
+    if ln_bias is not None and not wrong:  # LN bias then contributes to a single logit
         assert res.bias_term.abs().max() > 0
     assert len(res.to_dataframe()) == len(res.labels)
     assert res.top(3)[0][1] == pytest.approx(float(res.mean[res.mean.abs().argmax()]))
@@ -123,7 +124,8 @@ def test_dla_heads_match_ablation_direct_path(bridge):
         x = x - x.mean()
     ln = bridge.model.get_submodule(bridge.adapter.ln_final)
     d = bridge.W_U[:, bridge.to_single_token("M")] - bridge.W_U[:, bridge.to_single_token("J")]
-    expected = (x / cache["ln_final.hook_scale"][0, -1] * ln.weight) @ d
+    weight = getattr(ln, "weight", None)  # OLMo's final LayerNorm has none
+    expected = (x / cache["ln_final.hook_scale"][0, -1] * (1 if weight is None else weight)) @ d
     torch.testing.assert_close(res.values[res.labels.index(f"L{L}H{h}"), 0], expected, rtol=1e-4, atol=1e-5)
 
 

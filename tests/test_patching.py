@@ -26,11 +26,14 @@ CASES = [(s, "pos") for s in ("resid_pre", "resid_mid", "resid_post", "attn_out"
 
 def sharpen(bridge):
     """Tiny random models barely respond to their input; scaled-up weights make every cell's
-    patch effect large next to the tolerance."""
+    patch effect large next to the tolerance. OLMo's ``clip_qkv`` scales with its projections,
+    so the same entries stay clamped (else the clamp would flatten every attention pattern)."""
     with torch.no_grad():
         for p in bridge.model.parameters():
             if p.ndim == 2:
                 p.mul_(4.0)
+    if getattr(bridge.model.config, "clip_qkv", None) is not None:
+        bridge.model.config.clip_qkv *= 4.0
     return bridge
 
 

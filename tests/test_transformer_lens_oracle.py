@@ -6,6 +6,9 @@ TransformerLens's ``attn.hook_q``/``attn.hook_k`` are *pre*-rotary and its ``att
 ``attn.hook_rot_k`` are post-rotary; ours ``hook_q``/``hook_k`` are post-rotary, so they are
 compared with TL's ``hook_rot_q``/``hook_rot_k`` there. Masked ``hook_attn_scores`` entries are
 -inf here and a large finite negative in TL, so only the causal (unmasked) entries are compared.
+On OLMo with ``clip_qkv``, our ``hook_v`` is what the attention function receives (clamped) and
+TL's is the projection's output (before the clamp; TL has no hook after it), so ours is compared
+with TL's clamped.
 """
 
 import pytest
@@ -56,6 +59,8 @@ def test_every_hook_matches_transformer_lens(pair):
             continue
         a, b = tl_cache[tl_name], our_cache[name]
         assert a.shape == b.shape, (name, tuple(a.shape), tuple(b.shape))
+        if ours.cfg.clip_qkv is not None and name.endswith("attn.hook_v"):
+            a = a.clamp(-ours.cfg.clip_qkv, ours.cfg.clip_qkv)
         if name.endswith("hook_attn_scores"):
             n = b.shape[-1]
             causal = torch.ones(n, n, dtype=torch.bool).tril()

@@ -14,8 +14,21 @@ def norm_out(bridge, cache, name: str, layer: int | None) -> torch.Tensor:
             else bridge.adapter.ln_final)
     mod = bridge.model.get_submodule(path)
     hook = f"blocks.{layer}.{name}.hook_normalized" if layer is not None else "ln_final.hook_normalized"
-    out = cache[hook] * mod.weight
+    out = cache[hook]
+    out = out * mod.weight if getattr(mod, "weight", None) is not None else out  # OLMo: no weight
     return out + mod.bias if getattr(mod, "bias", None) is not None else out
+
+
+def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor) -> torch.Tensor:
+    """What the model applies to a projection's output ``[b, p, heads, d_head]`` before rotary:
+    OLMo's ``clip_qkv`` clamp (Q, K, V), Qwen3's per-head ``q_norm``/``k_norm`` (Q, K)."""
+    clip = bridge.cfg.clip_qkv
+    if clip is not None:
+        t = t.clamp(-clip, clip)
+    norms = bridge.adapter.attn_qk_norms
+    if norms is not None and key in "qk":
+        t = bridge.model.get_submodule(f"{bridge.adapter.blocks}.{layer}.{norms['qk'.index(key)]}")(t)
+    return t
 
 
 def close(a, b):
@@ -51,10 +64,10 @@ def test_weights_reproduce_activations(bridge):
     g = c.n_heads // c.n_kv_heads
     for layer in range(c.n_layers):
         x = norm_out(bridge, cache, "ln1", layer)  # [b, p, D]
-        v = torch.einsum("bpd,hde->bphe", x, bridge.W_V[layer]) + bridge.b_V[layer]
+        q, k, v = (between_projection_and_rotary(
+            bridge, layer, key, torch.einsum("bpd,hde->bphe", x, getattr(bridge, f"W_{key.upper()}")[layer])
+            + getattr(bridge, f"b_{key.upper()}")[layer]) for key in "qkv")
         close(v[:, :, ::g], cache["v", layer])  # hook_v is per kv head
-        q = torch.einsum("bpd,hde->bphe", x, bridge.W_Q[layer]) + bridge.b_Q[layer]
-        k = torch.einsum("bpd,hde->bphe", x, bridge.W_K[layer]) + bridge.b_K[layer]
         if c.positional_embedding_type == "standard":
             close(q, cache["q", layer])
             close(k[:, :, ::g], cache["k", layer])

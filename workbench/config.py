@@ -15,7 +15,8 @@ import torch
 class BridgeConfig:
     """Sizes and kinds of a wrapped model. ``n_kv_heads < n_heads`` means grouped-query attention
     (``n_kv_heads == 1`` multi-query); ``rotary_dim`` is the number of rotated dims per head
-    (``None`` without rotary)."""
+    (``None`` without rotary); ``clip_qkv``: Q, K and V are clamped to ``[-clip_qkv, clip_qkv]``
+    right after their projections (OLMo), ``None`` when not."""
 
     model_type: str
     n_layers: int
@@ -35,6 +36,7 @@ class BridgeConfig:
     rotary_dim: int | None
     dtype: torch.dtype
     device: torch.device
+    clip_qkv: float | None = None
 
     @property
     def grouped_query(self) -> bool:

@@ -16,7 +16,9 @@ Work skipped, exactly (every row computes the base run's values wherever it is n
   after it) replaces block ``L0``'s input with the base run's cached ``resid_pre`` of layer
   ``L0``, and at each later layer where cells join, appends their rows (the base run's cached
   ``resid_pre`` there) to the block's input, together with the rows of every per-row tensor the
-  block receives (masks, position ids, rotary tables: rows repeat with period ``batch``);
+  block receives (masks, position ids, rotary tables: rows repeat with period ``batch``). HF
+  picks each block's mask by its index in ``config.layer_types`` (full or sliding-window
+  attention, per layer: Qwen2, Qwen3), so that list is sliced from ``L0`` too, for the forward;
 - **positions before the chunk's first patched position** ``P0`` (causal models; only when the
   metric reads no earlier position): only positions ``P0..`` are run, with an HF ``DynamicCache``
   holding the base run's keys/values of positions ``< P0`` (as many rows per layer as take part
@@ -169,6 +171,8 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
     active = [sum(k for L, k in joining.items() if L <= layer) for layer in range(n_layers)]
     handles = []
     overrides: dict = {}
+    config = model.config
+    layer_types = getattr(config, "layer_types", None)  # per-layer attention kind, read by index
     if keep is not None:
         overrides["logits_to_keep"] = keep
     if P0 > 0:
@@ -192,9 +196,13 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
             handles.append(blocks[L].register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
         if L0 > 0:
             setattr(parent, attr, torch.nn.ModuleList(list(blocks)[L0:]))
+            if layer_types is not None:  # block i of the slice is layer L0 + i
+                config.layer_types = layer_types[L0:]
         yield
     finally:
         setattr(parent, attr, blocks)
+        if layer_types is not None:
+            config.layer_types = layer_types
         for h in handles:
             h.remove()
 

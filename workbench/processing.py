@@ -23,7 +23,8 @@ d_model, ``H`` query heads, ``G`` kv heads, ``d`` d_head. Steps, in this order:
     constant, which log-softmax ignores.
 ``fold_value_biases``
     ``b_O += sum_h b_V[h // (H/G)] @ W_O[h]`` (``b_V [G, d]``, ``W_O [H, d, D]``), then ``b_V = 0``
-    (only the V slice of a fused projection). Exact because each attention row sums to 1.
+    (only the V slice of a fused projection). Exact because each attention row sums to 1; skipped
+    (with a warning) on models that clamp V after its bias (``cfg.clip_qkv``, OLMo).
 
 Tied embeddings (lm_head shares W_E) are untied first, so folding into W_U leaves W_E alone.
 Running twice is harmless: the second pass folds weights of 1 and centres centred tensors.
@@ -55,6 +56,12 @@ def process_weights(bridge: Bridge, *, fold_ln: bool, center_writing_weights: bo
             f"{bridge.adapter.normalization}Norm, which does not subtract the mean, so centring "
             "the residual stream would change the outputs.", UserWarning, stacklevel=3)
         center_writing_weights = False
+    if fold_value_biases and bridge.cfg.clip_qkv is not None:
+        warnings.warn(
+            f"fold_value_biases skipped: this {bridge.cfg.model_type} model clamps V to "
+            f"[-{bridge.cfg.clip_qkv}, {bridge.cfg.clip_qkv}] after adding its bias (clip_qkv), so "
+            "moving the bias past the clamp would change the outputs.", UserWarning, stacklevel=3)
+        fold_value_biases = False
     done: list[str] = []
     with torch.no_grad():
         if fold_ln or center_writing_weights or center_unembed:

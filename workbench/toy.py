@@ -1,7 +1,8 @@
 """Tiny random-init models and a character tokenizer, built offline (tests and the first tour).
 
 ``tiny_model("llama", n_kv_heads=1)`` gives a 2-layer model of the family with a ~100-token
-character vocabulary; ``char_tokenizer()`` tokenises one character per token.
+character vocabulary; ``char_tokenizer()`` tokenises one character per token, and
+``tiny_tokenizer(family)`` gives it in the form that a saved folder of that family reads back.
 """
 
 from __future__ import annotations
@@ -10,58 +11,94 @@ import string
 
 import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers
-from tokenizers.models import WordLevel
+from tokenizers.models import BPE, WordLevel
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    OlmoConfig,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 SPECIALS = ["<bos>", "<pad>", "<unk>"]
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character, plus <bos>, <pad> and <unk> (ids 0, 1, 2)."""
+def char_tokenizer(byte_level: bool = False) -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character, plus <bos>, <pad> and <unk> (ids 0, 1, 2).
+
+    ``byte_level``: the same ids as a byte-level BPE without merges (a space is stored as ``Ġ``, as
+    in GPT-2). transformers loads the tokenizer of a ``qwen2`` folder as ``Qwen2Tokenizer``
+    whatever class was saved, and that class rebuilds a byte-level pre-tokenizer, under which the
+    plain form would lose its spaces; the byte-level form reads back unchanged."""
     chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    if byte_level:
+        to_unicode = bytes_to_unicode()
+        vocab = {t: i for i, t in enumerate(SPECIALS + [to_unicode[ord(c)] for c in chars])}
+        tok = Tokenizer(BPE(vocab, [], unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
+        tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        tok.decoder = decoders.Fuse()
+    # byte-level: name an eos, or Qwen2Tokenizer adds its own "<|endoftext|>" beyond the vocab
+    extra = {"eos_token": "<bos>"} if byte_level else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+                                   unk_token="<unk>", **extra)
+
+
+_BYTE_LEVEL_FAMILIES = ("qwen2",)  # AutoTokenizer forces their own byte-level tokenizer class
+
+
+def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """The character tokenizer in the form that a saved folder of ``family`` reads back as is."""
+    return char_tokenizer(byte_level=family in _BYTE_LEVEL_FAMILIES)
+
+
+# Llama-like families: same constructor arguments
+_LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
+               "qwen3": Qwen3Config, "olmo": OlmoConfig}
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
                 n_kv_heads: int | None = None, vocab: int = 103, **extra):
-    """A small config of ``family`` ("gpt2", "llama", "mistral", "gpt_neox")."""
+    """A small config of ``family`` (one of ``FAMILIES``); ``extra`` goes to the config class
+    (e.g. ``head_dim``, ``attention_bias``, ``sliding_window``, ``clip_qkv``)."""
     if family == "gpt2":
         return GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=vocab,
                           n_positions=128, bos_token_id=0, eos_token_id=0, **extra)
-    if family == "llama":
-        return LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model,
-                           num_attention_heads=n_heads, num_key_value_heads=n_kv_heads or n_heads,
-                           intermediate_size=2 * d_model, vocab_size=vocab,
-                           max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
-                           pad_token_id=1, **extra)
-    if family == "mistral":
-        return MistralConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                    num_key_value_heads=n_kv_heads or n_heads, intermediate_size=2 * d_model,
-                    vocab_size=vocab, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
-                    pad_token_id=1, **extra)
+    if family in _LLAMA_LIKE:
+        if family == "qwen3":  # Qwen3Config defaults to head_dim 128
+            extra.setdefault("head_dim", d_model // n_heads)
+        return _LLAMA_LIKE[family](
+            num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads or n_heads, intermediate_size=2 * d_model,
+            vocab_size=vocab, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+            pad_token_id=1, **extra)
     if family == "gpt_neox":
         extra.setdefault("rotary_pct", 0.5)
         return GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model,
                              num_attention_heads=n_heads, intermediate_size=4 * d_model,
                              vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
                              eos_token_id=0, **extra)
-    raise ValueError(f"family must be one of gpt2, llama, mistral, gpt_neox; got {family!r}.")
+    raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}.")
 
 
 def tiny_model(family: str, seed: int = 0, **config_kwargs):
-    """A random-init causal LM of ``family`` in eval mode (float32, CPU)."""
+    """A random-init causal LM of ``family`` in eval mode (float32, CPU). Norms inside attention
+    (Qwen3's per-head ``q_norm``/``k_norm``) get random weights around 1: HF initialises them to
+    ones, which would hide a hook taken before them instead of after."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **config_kwargs))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.copy_(1 + 0.5 * torch.randn_like(param))
     return model.eval()

@@ -1,0 +1,55 @@
+"""The ``Adapter`` record: where one architecture family keeps its modules.
+
+An adapter is data, not code: module paths (relative to the model, or to one block), the layout of
+the weights the bridge reads (Linear ``[out, in]`` or GPT-2's Conv1D ``[in, out]``), and a reader
+that turns the HF config into the bridge's config fields (see ``BridgeConfig``). Nothing is
+guessed from tensor shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where a family keeps its modules; paths are dotted attribute paths.
+
+    ``read_config(hf_config)`` returns the ``BridgeConfig`` fields ``n_layers``, ``n_heads``,
+    ``n_kv_heads``, ``d_model``, ``d_head``, ``d_mlp``, ``d_vocab``, ``n_ctx``, ``eps``,
+    ``act_fn``, ``parallel_attn_mlp``, ``rotary_dim`` and ``gated_mlp`` (and ``clip_qkv`` where
+    the family clamps Q/K/V).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    embed: str  # token embedding, relative to the model
+    pos_embed: str | None  # learned position embedding (None for rotary models)
+    blocks: str  # the ModuleList of blocks
+    ln_final: str
+    unembed: str
+    ln1: str  # relative to a block
+    ln2: str
+    attn: str
+    mlp: str
+    attn_qkv: tuple[str, ...]  # the Q/K/V projection module(s), relative to a block
+    qkv_layout: Literal["split", "fused", "per_head"]  # see weights.qkv_weights
+    attn_out_proj: str  # output projection W_O, relative to a block
+    mlp_in: str  # W_in (the "up" projection for gated MLPs)
+    mlp_gate: str | None  # W_gate for gated MLPs
+    mlp_out: str  # W_out
+    linear_layout: Literal["linear", "conv1d"]
+    normalization: Literal["LN", "RMS"]  # "LN" also covers a LayerNorm without weight/bias (OLMo)
+    positional: Literal["standard", "rotary"]
+    read_config: Callable[[Any], dict]
+    # per-head norms applied to Q and K after the projections and before rotary (Qwen3's
+    # q_norm/k_norm), relative to a block; hook_q/hook_k are then taken after them
+    attn_qk_norms: tuple[str, str] | None = None
+
+
+def split_out_proj(weight, layout: str, n_heads: int, d_head: int):
+    """W_O by head, ``[n_heads, d_head, d_model]``, from the output projection's weight as stored
+    (``layout`` "linear": ``[d_model, n_heads*d_head]``; "conv1d": ``[n_heads*d_head, d_model]``)."""
+    return (weight.T if layout == "linear" else weight).reshape(n_heads, d_head, -1)
