@@ -24,6 +24,7 @@ VARIANTS = {
                             "max_window_layers": 1}),
     "qwen3_gqa": ("qwen3", {"n_kv_heads": 2, "head_dim": 32}),
     "olmo": ("olmo", {"clip_qkv": 0.4}),
+    "starcoder2_gqa": ("starcoder2", {"n_kv_heads": 2}),
 }
 
 

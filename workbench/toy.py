@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    Starcoder2Config,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -63,7 +64,7 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 # Llama-like families: same constructor arguments
 _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
-               "qwen3": Qwen3Config, "olmo": OlmoConfig}
+               "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config}
 FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox")
 
 

@@ -13,7 +13,7 @@ variant of it to ``VARIANTS`` in ``tests/conftest.py`` (and to ``workbench/toy.p
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from . import gpt2, gpt_neox, llama, olmo, qwen2, qwen3
+from . import gpt2, gpt_neox, llama, olmo, qwen2, qwen3, starcoder2
 from .base import Adapter, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -23,6 +23,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     qwen2.ADAPTER,
     qwen3.ADAPTER,
     olmo.ADAPTER,
+    starcoder2.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "split_out_proj", "supported_model_types"]
