@@ -38,6 +38,16 @@ def applies(bridge, step: str) -> bool:
     return step != "fold_value_biases" or bridge.cfg.clip_qkv is None
 
 
+def assert_skipped(bridge, step: str, reason: str) -> None:
+    """``step`` alone warns (the warning names ``reason``), records nothing and changes no weight."""
+    state = {k: v.clone() for k, v in bridge.model.state_dict().items()}
+    with pytest.warns(UserWarning, match=reason):
+        bridge.process_weights(**flags(step))
+    assert bridge.processing == ()
+    for k, v in bridge.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
 def norms(bridge) -> list[nn.Module]:
     a, m = bridge.adapter, bridge.model
     blocks = [f"{a.blocks}.{i}" for i in range(bridge.cfg.n_layers)]
@@ -133,13 +143,8 @@ def test_fold_ln(rb):
 
 
 def test_center_writing_weights(rb):
-    state = {k: v.clone() for k, v in rb.model.state_dict().items()}
-    if rb.cfg.normalization_type != "LN":
-        with pytest.warns(UserWarning, match="RMSNorm"):
-            rb.process_weights(**flags("center_writing_weights"))
-        assert rb.processing == ()
-        for k, v in rb.model.state_dict().items():
-            assert torch.equal(v, state[k]), k
+    if not applies(rb, "center_writing_weights"):
+        assert_skipped(rb, "center_writing_weights", "RMSNorm")
         return
     rb.process_weights(**flags("center_writing_weights"))
     _, cache = run(rb)
@@ -159,12 +164,7 @@ def test_center_unembed(rb):
 
 def test_fold_value_biases(rb):
     if not applies(rb, "fold_value_biases"):
-        state = {k: v.clone() for k, v in rb.model.state_dict().items()}
-        with pytest.warns(UserWarning, match="clip_qkv"):
-            rb.process_weights(**flags("fold_value_biases"))
-        assert rb.processing == ()
-        for k, v in rb.model.state_dict().items():
-            assert torch.equal(v, state[k]), k
+        assert_skipped(rb, "fold_value_biases", "clip_qkv")
         return
     _, before = run(rb)
     b_Q, b_K = rb.b_Q.clone(), rb.b_K.clone()
