@@ -49,6 +49,14 @@ def hf_eager(saved):
                                                 dtype=torch.float32).eval()
 
 
+def norm_affine(norm, x: torch.Tensor) -> torch.Tensor:
+    """``x * weight + bias`` of a norm module, for a normalized ``x [..., d_model]``; a missing
+    weight or bias (OLMo's LayerNorm has neither) is left out."""
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    x = x if weight is None else x * weight
+    return x if bias is None else x + bias
+
+
 def no_torch_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
                for m in model.modules())

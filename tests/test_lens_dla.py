@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import norm_affine
 
 from workbench import InputError
 from workbench.attribution import direct_logit_attribution
@@ -55,13 +56,12 @@ def test_lens_brute_force_middle_layer(bridge):
     _, cache = bridge.run_with_cache(PROMPT)
     resid = cache["resid_mid" if not bridge.cfg.parallel_attn_mlp else "resid_post", 0][0]
     ln = bridge.model.get_submodule(bridge.adapter.ln_final)
-    weight, bias = getattr(ln, "weight", None), getattr(ln, "bias", None)  # OLMo: neither
     eps = getattr(ln, "variance_epsilon", getattr(ln, "eps", bridge.cfg.eps))
     x = resid.float()
     if bridge.cfg.normalization_type == "LN":
         x = x - x.mean(-1, keepdim=True)
     x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    x = (x if weight is None else x * weight) + (0 if bias is None else bias)
+    x = norm_affine(ln, x)
     logits = x @ bridge.W_U + bridge.b_U
     site = "resid_post" if bridge.cfg.parallel_attn_mlp else "resid_mid"
     lens = logit_lens(bridge, PROMPT, sites=site, layers=[0], positions=[-1, 2], k=4)

@@ -1,7 +1,7 @@
 """The bridge equals HF eager: logits, every residual, attention weights; padding equivalence."""
 
 import torch
-from conftest import no_torch_hooks
+from conftest import no_torch_hooks, norm_affine
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -25,9 +25,7 @@ def test_logits_and_residuals_equal_hf_eager(bridge, hf_eager):
         close(cache["pattern", layer], ref.attentions[layer])
     # HF's last hidden state is after the final norm (OLMo's LayerNorm has no weight, no bias)
     ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
-    weight, bias = getattr(ln_final, "weight", None), getattr(ln_final, "bias", None)
-    close(cache["ln_final.hook_normalized"] * (1 if weight is None else weight)
-          + (0 if bias is None else bias), ref.hidden_states[n])
+    close(norm_affine(ln_final, cache["ln_final.hook_normalized"]), ref.hidden_states[n])
     assert no_torch_hooks(bridge.model)
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import norm_affine
 
 from workbench import FactoredMatrix, InputError
 
@@ -14,9 +15,7 @@ def norm_out(bridge, cache, name: str, layer: int | None) -> torch.Tensor:
             else bridge.adapter.ln_final)
     mod = bridge.model.get_submodule(path)
     hook = f"blocks.{layer}.{name}.hook_normalized" if layer is not None else "ln_final.hook_normalized"
-    out = cache[hook]
-    out = out * mod.weight if getattr(mod, "weight", None) is not None else out  # OLMo: no weight
-    return out + mod.bias if getattr(mod, "bias", None) is not None else out
+    return norm_affine(mod, cache[hook])
 
 
 def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor) -> torch.Tensor:
