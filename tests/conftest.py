@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 from workbench import Bridge  # noqa: E402
+from workbench.adapters import norm_weight  # noqa: E402
 from workbench.toy import tiny_model, tiny_tokenizer  # noqa: E402
 
 VARIANTS = {
@@ -25,6 +26,13 @@ VARIANTS = {
     "qwen3_gqa": ("qwen3", {"n_kv_heads": 2, "head_dim": 32}),
     "olmo": ("olmo", {"clip_qkv": 0.4}),
     "starcoder2_gqa": ("starcoder2", {"n_kv_heads": 2}),
+    "gemma": ("gemma", {"n_kv_heads": 1}),
+    # caps small enough to bend a tiny model's scores and logits
+    "gemma2": ("gemma2", {"n_kv_heads": 2, "sliding_window": 3, "attn_logit_softcapping": 0.3,
+                          "final_logit_softcapping": 0.5}),
+    "gemma3": ("gemma3", {"n_kv_heads": 2, "sliding_window": 3,
+                          "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi_gqa": ("phi", {"n_kv_heads": 2}),
 }
 
 
@@ -49,10 +57,10 @@ def hf_eager(saved):
                                                 dtype=torch.float32).eval()
 
 
-def norm_affine(norm, x: torch.Tensor) -> torch.Tensor:
+def norm_affine(bridge, norm, x: torch.Tensor) -> torch.Tensor:
     """``x * weight + bias`` of a norm module, for a normalized ``x [..., d_model]``; a missing
-    weight or bias (OLMo's LayerNorm has neither) is left out."""
-    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    weight or bias (OLMo's LayerNorm has neither) is left out; Gemma's weight is ``1 + w``."""
+    weight, bias = norm_weight(bridge.adapter, norm), getattr(norm, "bias", None)
     x = x if weight is None else x * weight
     return x if bias is None else x + bias
 

@@ -25,8 +25,12 @@ ATTENTION_SITES = [c for c in CASES if c[0] not in ("resid_pre", "q", "k", *dict
 
 
 def identity_final_norm(bridge):
+    """The final norm replaced by the identity, and final soft-capping (Gemma 2) turned off: the
+    logits are then linear in the last residual stream."""
     parent, _, attr = bridge.adapter.ln_final.rpartition(".")
     setattr(bridge.model.get_submodule(parent), attr, torch.nn.Identity())
+    if getattr(bridge.model.config, "final_logit_softcapping", None) is not None:
+        bridge.model.config.final_logit_softcapping = None
     return bridge
 
 
@@ -59,7 +63,10 @@ def test_exact_where_the_metric_is_linear(bridge):
     """With an identity final norm the logits are linear in the last block's output; with its
     MLP zeroed too, in everything its attention writes: there the estimate is exact."""
     check_exact_at_last_layer(identity_final_norm(sharpen(bridge)), OUTPUT_SITES)
-    check_exact_at_last_layer(zero_last_mlp(bridge), ATTENTION_SITES)
+    # a norm after attention (Gemma 2) keeps the logits non-linear in attention's internals
+    post_norm = bridge.adapter.attn_post_norm is not None
+    check_exact_at_last_layer(zero_last_mlp(bridge), [c for c in ATTENTION_SITES if not post_norm
+                                                      or c[0] in ("resid_mid", "attn_out")])
     assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from workbench import HookNameError
+from workbench.adapters import norm_weight
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -25,7 +26,8 @@ def test_indexing(run):
     n = bridge.cfg.n_layers
     assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
     assert cache["resid_pre", -1] is cache[f"blocks.{n - 1}.hook_resid_pre"]
-    assert cache["scale", 1, "ln2"] is cache["blocks.1.ln2.hook_scale"]
+    if bridge.adapter.ln2 != bridge.adapter.ln1:  # Phi: one norm feeds both, hooked as ln1
+        assert cache["scale", 1, "ln2"] is cache["blocks.1.ln2.hook_scale"]
     assert cache["scale"] is cache["ln_final.hook_scale"]
     assert ("z", 0) in cache and ("z", 99) not in cache
     with pytest.raises(HookNameError, match="names_filter"):
@@ -56,7 +58,9 @@ def test_decompositions_sum_to_the_residual(run):
     assert labels[0] == "L0H0" and heads.shape[0] == bridge.cfg.n_layers * bridge.cfg.n_heads + 1
     close(heads.sum(0), final)
     # from z and W_O when hook_result was not cached
-    _, z_only = bridge.run_with_cache(PROMPT, names_filter=lambda n: n.endswith("hook_z"))
+    # (and the post-attention norm's scale, where the family has one: Gemma 2)
+    _, z_only = bridge.run_with_cache(
+        PROMPT, names_filter=lambda n: n.endswith(("hook_z", "ln1_post.hook_scale")))
     bridge_heads = z_only.stack_head_results(layer=1)
     close(bridge_heads, cache.stack_head_results(layer=1))
 
@@ -78,13 +82,16 @@ def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(bridge):
     # the components sum to the logit difference minus the final norm's bias term
     W_U = bridge.model.get_submodule(bridge.adapter.unembed).weight.T
     direction = W_U[:, t_good] - W_U[:, t_bad]
+    cap = bridge.cfg.output_logits_soft_cap  # Gemma 2: attribution is of the logits before it
+    logits = logits if cap is None else cap * torch.atanh(logits / cap)
     diff = logits[0, -1, t_good] - logits[0, -1, t_bad]
     bias = getattr(ln, "bias", None)
     const = (bias @ direction) if bias is not None else 0.0
     close(attrs.sum(0)[0], diff - const, 1e-4)
     # and per component it is the normalized component times the norm's weight, unembedded
     per = cache.decompose_resid(pos_slice=-1, apply_ln=True)
-    per = per * ln.weight if getattr(ln, "weight", None) is not None else per
+    w = norm_weight(bridge.adapter, ln)  # Gemma scales by 1 + weight
+    per = per * w if w is not None else per
     close(attrs[:, 0], (per @ direction)[:, 0], 1e-4)
 
 

@@ -101,7 +101,7 @@ def test_norm_writes_rebuild_the_norm_output(bridge):
             handle.remove()
     torch.testing.assert_close(c["blocks.0.ln1.hook_normalized"],
                                x / (2 * clean["blocks.0.ln1.hook_scale"]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(seen["out"], norm_affine(ln, c["blocks.0.ln1.hook_normalized"]))
+    torch.testing.assert_close(seen["out"], norm_affine(bridge, ln, c["blocks.0.ln1.hook_normalized"]))
 
 
 def test_wrong_shape_and_exceptions_leave_nothing_attached(bridge):

@@ -5,6 +5,7 @@ import torch
 from conftest import norm_affine
 
 from workbench import InputError
+from workbench.adapters import norm_weight
 from workbench.attribution import direct_logit_attribution
 from workbench.lens import logit_lens
 
@@ -61,8 +62,10 @@ def test_lens_brute_force_middle_layer(bridge):
     if bridge.cfg.normalization_type == "LN":
         x = x - x.mean(-1, keepdim=True)
     x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    x = norm_affine(ln, x)
+    x = norm_affine(bridge, ln, x)
     logits = x @ bridge.W_U + bridge.b_U
+    cap = bridge.cfg.output_logits_soft_cap  # Gemma 2
+    logits = logits if cap is None else cap * torch.tanh(logits / cap)
     site = "resid_post" if bridge.cfg.parallel_attn_mlp else "resid_mid"
     lens = logit_lens(bridge, PROMPT, sites=site, layers=[0], positions=[-1, 2], k=4)
     expected = logits[[resid.shape[0] - 1, 2]].softmax(-1).topk(4, -1)
@@ -93,9 +96,12 @@ def test_dla_sums_to_logit_difference(bridge, wrong):
     prompts = [PROMPT, "When Mary and John went"]  # right-padded batch: last real token differs
     answer, other = ["M", "J"], ["J", "M"]
     res = direct_logit_attribution(bridge, prompts, answer, other if wrong else None)
-    # the model's own logits at each prompt's last real token
+    # the model's own logits at each prompt's last real token (before final soft-capping, which
+    # is not linear: Gemma 2's logits are cap * tanh(x / cap) of these)
+    cap = bridge.cfg.output_logits_soft_cap
     for i, p in enumerate(prompts):
         logits = bridge(p)[0, -1].float()
+        logits = logits if cap is None else cap * torch.atanh(logits / cap)
         a, b = bridge.to_single_token(answer[i]), bridge.to_single_token(other[i])
         expected = logits[a] - (logits[b] if wrong else 0)
         torch.testing.assert_close(res.logit_diff[i], expected, rtol=1e-4, atol=1e-4)
@@ -120,11 +126,14 @@ def test_dla_heads_match_ablation_direct_path(bridge):
     L, h = bridge.cfg.n_layers - 1, 0
     head_out = cache["z", L][0, -1, h] @ bridge.W_O[L, h]
     x = head_out.float()
+    if bridge.adapter.attn_post_norm is not None:  # Gemma 2: through the post-attention norm
+        post = bridge.model.get_submodule(f"{bridge.adapter.blocks}.{L}.{bridge.adapter.attn_post_norm}")
+        x = x / cache[f"blocks.{L}.ln1_post.hook_scale"][0, -1] * norm_weight(bridge.adapter, post)
     if bridge.cfg.normalization_type == "LN":
         x = x - x.mean()
     ln = bridge.model.get_submodule(bridge.adapter.ln_final)
     d = bridge.W_U[:, bridge.to_single_token("M")] - bridge.W_U[:, bridge.to_single_token("J")]
-    weight = getattr(ln, "weight", None)  # OLMo's final LayerNorm has none
+    weight = norm_weight(bridge.adapter, ln)  # OLMo's final LayerNorm has none; Gemma's is 1 + w
     expected = (x / cache["ln_final.hook_scale"][0, -1] * (1 if weight is None else weight)) @ d
     torch.testing.assert_close(res.values[res.labels.index(f"L{L}H{h}"), 0], expected, rtol=1e-4, atol=1e-5)
 

@@ -25,7 +25,7 @@ def test_logits_and_residuals_equal_hf_eager(bridge, hf_eager):
         close(cache["pattern", layer], ref.attentions[layer])
     # HF's last hidden state is after the final norm (OLMo's LayerNorm has no weight, no bias)
     ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
-    close(norm_affine(ln_final, cache["ln_final.hook_normalized"]), ref.hidden_states[n])
+    close(norm_affine(bridge, ln_final, cache["ln_final.hook_normalized"]), ref.hidden_states[n])
     assert no_torch_hooks(bridge.model)
 
 
@@ -44,6 +44,9 @@ def test_residual_identities(bridge):
     _, cache = bridge.run_with_cache(PROMPT, names_filter=lambda n: "blocks.0." in n)
     bias = bridge.model.get_submodule(f"{bridge.adapter.blocks}.0.{bridge.adapter.attn_out_proj}").bias
     total = cache["result", 0].sum(-2) + (bias if bias is not None else 0)
+    if bridge.adapter.attn_post_norm is not None:  # Gemma 2: a norm between W_O and the residual
+        post_norm = f"{bridge.adapter.blocks}.0.{bridge.adapter.attn_post_norm}"
+        total = bridge.model.get_submodule(post_norm)(total)
     close(total, cache["attn_out", 0], 1e-5)
     pattern = cache["pattern", 0]
     close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), 1e-6)

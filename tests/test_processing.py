@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from workbench import Bridge, InputError
+from workbench.adapters import norm_weight
 from workbench.toy import char_tokenizer, tiny_model
 
 TOKENS = torch.tensor([[0, 5, 17, 40, 22, 8, 60, 33, 12, 90],
@@ -32,9 +33,12 @@ def flags(*on: str) -> dict:
 
 def applies(bridge, step: str) -> bool:
     """Whether a step runs on this model: centring needs LayerNorm; folding value biases needs no
-    clamp after them (OLMo's clip_qkv). The others warn and skip."""
+    clamp after them (OLMo's clip_qkv); centring the unembedding needs logits that are not
+    soft-capped (Gemma 2). The others warn and skip."""
     if step == "center_writing_weights":
         return bridge.cfg.normalization_type == "LN"
+    if step == "center_unembed":
+        return bridge.cfg.output_logits_soft_cap is None
     return step != "fold_value_biases" or bridge.cfg.clip_qkv is None
 
 
@@ -125,8 +129,9 @@ def test_fold_ln(rb):
     assert rb.process_weights(**flags("fold_ln")).processing == ("fold_ln",)
     _, after = run(rb)
     for n in norms(rb):
-        if getattr(n, "weight", None) is not None:
-            assert torch.equal(n.weight, torch.ones_like(n.weight))
+        w = norm_weight(rb.adapter, n)  # Gemma's norms scale by 1 + weight
+        if w is not None:
+            assert torch.equal(w, torch.ones_like(w))
         if getattr(n, "bias", None) is not None:
             assert torch.equal(n.bias, torch.zeros_like(n.bias))
     assert torch.equal(rb.W_E, W_E)  # untied first: folding ln_final into W_U left W_E alone
@@ -157,6 +162,9 @@ def test_center_writing_weights(rb):
 
 
 def test_center_unembed(rb):
+    if not applies(rb, "center_unembed"):
+        assert_skipped(rb, "center_unembed", "soft-caps")
+        return
     rb.process_weights(**flags("center_unembed"))
     close(rb.W_U.mean(-1), torch.zeros(rb.cfg.d_model), atol=1e-6, rtol=0)
     close(rb.b_U.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)

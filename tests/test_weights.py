@@ -15,7 +15,7 @@ def norm_out(bridge, cache, name: str, layer: int | None) -> torch.Tensor:
             else bridge.adapter.ln_final)
     mod = bridge.model.get_submodule(path)
     hook = f"blocks.{layer}.{name}.hook_normalized" if layer is not None else "ln_final.hook_normalized"
-    return norm_affine(mod, cache[hook])
+    return norm_affine(bridge, mod, cache[hook])
 
 
 def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor) -> torch.Tensor:
@@ -50,6 +50,16 @@ def test_shapes(bridge):
     assert isinstance(qk, FactoredMatrix) and qk.shape == (L, H, D, D) and ov.shape == (L, H, D, D)
 
 
+def post_norm(bridge, layer: int, path: str | None, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the block's norm at ``path`` (Gemma 2's norms after attention and the MLP);
+    unchanged where the family has none."""
+    return x if path is None else bridge.model.get_submodule(f"{bridge.adapter.blocks}.{layer}.{path}")(x)
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
 def test_weights_reproduce_activations(bridge):
     c = bridge.cfg
     logits, cache = bridge.run_with_cache(PROMPT)
@@ -76,8 +86,8 @@ def test_weights_reproduce_activations(bridge):
             r = c.rotary_dim
             close(q[..., r:], cache["q", layer][..., r:])
         attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], bridge.W_O[layer]) + bridge.b_O[layer]
-        close(attn_out, cache["attn_out", layer])
-        x2 = norm_out(bridge, cache, "ln2", layer)
+        close(post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
+        x2 = norm_out(bridge, cache, "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1", layer)
         if c.gated_mlp:
             close(x2 @ bridge.W_gate[layer], cache["pre", layer])
             close(x2 @ bridge.W_in[layer], cache["pre_linear", layer])
@@ -85,8 +95,10 @@ def test_weights_reproduce_activations(bridge):
             close(x2 @ bridge.W_in[layer] + bridge.b_in[layer], cache["pre", layer])
             with pytest.raises(InputError, match="gated"):
                 _ = bridge.W_gate
-        close(cache["post", layer] @ bridge.W_out[layer] + bridge.b_out[layer], cache["mlp_out", layer])
-    close(norm_out(bridge, cache, "ln_final", None) @ bridge.W_U + bridge.b_U, logits)
+        mlp_out = cache["post", layer] @ bridge.W_out[layer] + bridge.b_out[layer]
+        close(post_norm(bridge, layer, bridge.adapter.mlp_post_norm, mlp_out), cache["mlp_out", layer])
+    unembedded = norm_out(bridge, cache, "ln_final", None) @ bridge.W_U + bridge.b_U
+    close(soft_cap(unembedded, c.output_logits_soft_cap), logits)
 
 
 def test_qk_and_ov_circuits(bridge):

@@ -75,12 +75,19 @@ def workbench_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     """The registered function. Shapes: query ``[b, h, q, d]``, key/value ``[b, h_kv, k, d]``;
     returns ``(z [b, q, h, d], pattern [b, h, q, k] or None)``."""
     site = _SITES.get(module)
-    if site is None or not site.wants_internals():
+    softcap = kwargs.get("softcap")
+    if softcap is None and (site is None or not site.wants_internals()):
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    return hooked_eager_attention(site, module, query, key, value, attention_mask,
-                                  scaling=scaling, dropout=dropout,
-                                  softcap=kwargs.get("softcap"))
+    # SDPA has no soft-capping (Gemma 2), so a capped model always takes the eager path
+    return hooked_eager_attention(site or _unhooked_site(), module, query, key, value,
+                                  attention_mask, scaling=scaling, dropout=dropout, softcap=softcap)
+
+
+def _unhooked_site() -> AttentionSite:
+    """A site whose points have no functions (a module the bridge did not register)."""
+    return AttentionSite(*(HookPoint(f"blocks.0.attn.hook_{s}")
+                           for s in ("q", "k", "v", "attn_scores", "pattern", "z")))
 
 
 def _repeat_heads(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:

@@ -9,6 +9,10 @@ then dotted with the unembedding direction ``W_U[:, answer] - W_U[:, wrong]``.
 Identity: the contributions sum to the model's logit (difference) minus ``bias_term``, the two
 constants no component owns: the final norm's bias and the unembedding bias, dotted with the
 same direction (zero for bias-free models such as Llama).
+
+Where the model transforms the unembedding's output (Gemma 2's final soft-capping, Cohere's and
+Granite's logit multipliers), the attribution, ``logit_diff`` included, is of the unembedding's
+output before that transform, the last place where the logits are linear in the residual stream.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .adapters import norm_weight
 from .errors import InputError
 from .results import dataframe, decode, encode_input, last_positions, token_ids
 
@@ -105,9 +110,13 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
     logits, cache = bridge.run_with_cache(enc.tokens, attention_mask=enc.attention_mask)
     rows = torch.arange(batch, device=pos.device)
     final = logits[rows, pos].float()  # [batch, d_vocab]
+    c = bridge.cfg
+    if c.output_logits_soft_cap is not None or c.logit_multiplier != 1.0:  # the linear logits
+        resid = cache["resid_post", c.n_layers - 1][rows, pos]
+        ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
+        final = bridge.model.get_submodule(bridge.adapter.unembed)(ln_final(resid)).float()
     logit_diff = final[rows, ans] - (final[rows, bad] if bad is not None else 0)
 
-    c = bridge.cfg
     parts, labels, kinds, layers, heads = [], [], [], [], []
     for name in ("hook_embed", "hook_pos_embed"):
         if name in cache:
@@ -117,12 +126,18 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
     b_O, ctx = bridge.b_O, cache.context
     for L in range(c.n_layers):
         z = cache["z", L][rows, pos]  # [batch, heads, d_head]
-        parts.extend(torch.einsum("bhd,hdm->hbm", z, ctx.W_O(L).to(z.dtype)).unbind(0))
+        head_out = torch.einsum("bhd,hdm->hbm", z, ctx.W_O(L).to(z.dtype))  # [heads, batch, d_model]
+        bias_out = b_O[L].to(z.dtype).expand(batch, -1)
+        if ctx.attn_post_norms:  # Gemma 2: through the post-attention norm, its scale frozen
+            scale = cache[f"blocks.{L}.ln1_post.hook_scale"][rows, pos]  # [batch, 1]
+            head_out = ctx.through_attn_post_norm(L, head_out, scale)
+            bias_out = ctx.through_attn_post_norm(L, bias_out, scale)
+        parts.extend(head_out.unbind(0))
         labels += [f"L{L}H{h}" for h in range(c.n_heads)]
         kinds += ["head"] * c.n_heads
         layers += [L] * c.n_heads
         heads += list(range(c.n_heads))
-        parts.append(b_O[L].to(z.dtype).expand(batch, -1))
+        parts.append(bias_out)
         labels.append(f"L{L} attn bias"), kinds.append("attn_bias"), layers.append(L), heads.append(-1)
         parts.append(cache["mlp_out", L][rows, pos])
         labels.append(f"L{L} mlp"), kinds.append("mlp"), layers.append(L), heads.append(-1)
@@ -137,8 +152,9 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
     ln_bias = getattr(ln_final, "bias", None)
     if ln_bias is not None:  # the norm's bias goes straight into the unembedding
         constant = constant + direction @ ln_bias.float()
-    if getattr(ln_final, "weight", None) is not None:
-        direction = direction * ln_final.weight.float()
+    ln_w = norm_weight(bridge.adapter, ln_final)
+    if ln_w is not None:
+        direction = direction * ln_w.float()
     values = ((stack / scale) * direction).sum(-1)  # [components, batch]
     return DirectLogitAttribution(
         labels=labels, kinds=kinds, layers=layers, heads=heads, values=values.cpu(),

@@ -67,7 +67,9 @@ class Bridge:
             d_head=self.cfg.d_head, W_U=get_module(model, adapter.unembed).weight.detach().T,
             o_weights=tuple(get_module(b, adapter.attn_out_proj).weight.detach() for b in blocks),
             o_layout=adapter.linear_layout,
-            ln_final_w=_weight_or_none(get_module(model, adapter.ln_final)),
+            ln_final=get_module(model, adapter.ln_final), norm_weight_offset=adapter.norm_weight_offset,
+            attn_post_norms=(() if adapter.attn_post_norm is None
+                             else tuple(get_module(b, adapter.attn_post_norm) for b in blocks)),
         )
 
     def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True,
@@ -418,11 +420,6 @@ def _own_bytes(store: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             t = t.clone()
         out[name] = t
     return out
-
-
-def _weight_or_none(module: nn.Module) -> torch.Tensor | None:
-    w = getattr(module, "weight", None)
-    return None if w is None else w.detach()
 
 
 def _weight_property(name: str) -> property:

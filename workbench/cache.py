@@ -20,8 +20,8 @@ from .names import act_name
 @dataclass(frozen=True)
 class CacheContext:
     """The facts about the model that the decompositions need (weights are the model's own
-    tensors, not copies): ``W_U [d_model, d_vocab]``, the final norm's weight ``[d_model]`` (None
-    when it has none) and each layer's output projection weight as stored (``o_layout``
+    tensors, not copies): ``W_U [d_model, d_vocab]``, the final norm module (its factor read at
+    use, so later edits count) and each layer's output projection weight as stored (``o_layout``
     "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
 
     normalization_type: str  # "LN" (centre, then scale) or "RMS" (scale only)
@@ -30,7 +30,29 @@ class CacheContext:
     W_U: torch.Tensor
     o_weights: tuple[torch.Tensor, ...]
     o_layout: str
-    ln_final_w: torch.Tensor | None = None
+    ln_final: torch.nn.Module | None = None
+    norm_weight_offset: float = 0.0  # Gemma's norms scale by 1 + weight
+    attn_post_norms: tuple[torch.nn.Module, ...] = ()  # per layer, where attention has one (Gemma 2)
+
+    def through_attn_post_norm(self, layer: int, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Pieces ``x [..., d_model]`` of attention's output as the residual stream receives them
+        after layer ``layer``'s post-attention norm, its scale frozen at the cached ``scale``
+        (broadcastable to ``x[..., :1]``): linear, so the pieces sum to ``hook_attn_out``. The
+        identity where attention has no post-norm."""
+        if not self.attn_post_norms:
+            return x
+        norm = self.attn_post_norms[layer]
+        if self.normalization_type == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        x = x / scale.to(x.dtype)
+        w = getattr(norm, "weight", None)
+        return x if w is None else x * (w.detach() + self.norm_weight_offset).to(x.dtype)
+
+    @property
+    def ln_final_w(self) -> torch.Tensor | None:
+        """The final norm's factor ``[d_model]``, or None when it has no weight."""
+        w = getattr(self.ln_final, "weight", None)
+        return None if w is None else w.detach() + self.norm_weight_offset
 
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""
@@ -191,7 +213,10 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                            incl_remainder: bool = False, pos_slice=None, apply_ln: bool = False):
         """Each head's output ``z_h @ W_O[h]`` for layers ``0..layer-1``, from ``hook_result`` if
         cached, else computed from ``hook_z``. Shape ``[layers*heads, batch, pos, d_model]``,
-        labels "L{l}H{h}"; ``incl_remainder`` appends the rest of the residual stream."""
+        labels "L{l}H{h}"; ``incl_remainder`` appends the rest of the residual stream. Where a
+        norm follows attention (Gemma 2) each head's output is passed through it with its cached
+        scale frozen (``blocks.L.ln1_post.hook_scale`` must be cached), so that it is what the
+        head adds to the residual stream."""
         layer = self._layer_arg(layer)
         parts, labels = [], []
         for L in range(layer):
@@ -201,6 +226,15 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                 w_o = self._ctx("stack_head_results").W_O(L)
                 z = self["z", L]
                 result = torch.einsum("...hd,hdm->...hm", z, w_o.to(z.device, z.dtype))
+            ctx = self.context
+            if ctx is not None and ctx.attn_post_norms:
+                name = f"blocks.{L}.ln1_post.hook_scale"
+                if name not in self:
+                    raise InputError(f"stack_head_results needs {name!r} on this model (its "
+                                     "attention output passes through a norm); include it in "
+                                     "run_with_cache's names_filter.")
+                scale = self[name][..., None, :]  # [b, p, 1, 1]
+                result = ctx.through_attn_post_norm(L, result, scale)
             result = result.movedim(-2, 0)  # [heads, batch, pos, d_model]
             parts.append(result)
             labels += [f"L{L}H{h}" for h in range(result.shape[0])]
@@ -229,7 +263,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if layer is None or layer in (-1, self.n_layers):
             scale = self["ln_final.hook_scale"]
         else:
-            scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
+            ln = "ln2" if mlp_input and f"blocks.{layer}.ln2.hook_scale" in self else "ln1"
+            scale = self["scale", layer, ln]  # one norm feeding both has ln1 only (Phi)
         scale = _pos(scale, pos_slice)
         stack = residual_stack
         if self._ctx("apply_ln_to_stack").normalization_type == "LN":

@@ -16,7 +16,10 @@ class BridgeConfig:
     """Sizes and kinds of a wrapped model. ``n_kv_heads < n_heads`` means grouped-query attention
     (``n_kv_heads == 1`` multi-query); ``rotary_dim`` is the number of rotated dims per head
     (``None`` without rotary); ``clip_qkv``: Q, K and V are clamped to ``[-clip_qkv, clip_qkv]``
-    right after their projections (OLMo), ``None`` when not."""
+    right after their projections (OLMo), ``None`` when not; ``attn_scores_soft_cap`` /
+    ``output_logits_soft_cap``: scores and logits pass through ``cap * tanh(x / cap)`` (Gemma 2);
+    ``logit_multiplier``: the model multiplies the unembedding's output by it (Cohere's
+    ``logit_scale``, Granite's ``1 / logits_scaling``)."""
 
     model_type: str
     n_layers: int
@@ -37,6 +40,19 @@ class BridgeConfig:
     dtype: torch.dtype
     device: torch.device
     clip_qkv: float | None = None
+    attn_scores_soft_cap: float | None = None
+    output_logits_soft_cap: float | None = None
+    logit_multiplier: float = 1.0
+
+    def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to the unembedding's output ``[..., d_vocab]`` before returning it
+        (a multiplier, then soft-capping); the identity for most families."""
+        if self.logit_multiplier != 1.0:
+            logits = logits * self.logit_multiplier
+        if self.output_logits_soft_cap is not None:
+            cap = self.output_logits_soft_cap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     @property
     def grouped_query(self) -> bool:

@@ -110,7 +110,8 @@ def logit_lens(bridge: Bridge, input: Any, *, sites: str | tuple[str, ...] = "re
     tops, probs, ents, t_prob, t_lp, t_rank = [], [], [], [], [], []
     for name, _, _ in names:
         resid = cache[name][0, pos_idx]  # [positions, d_model]
-        logp = torch.log_softmax(unembed(ln_final(resid)).float(), dim=-1)  # [positions, d_vocab]
+        logits = bridge.cfg.finish_logits(unembed(ln_final(resid)))
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [positions, d_vocab]
         top = logp.topk(k, dim=-1)
         tops.append(top.indices)
         probs.append(top.values.exp())

@@ -7,6 +7,7 @@ Canonical names::
     blocks.{L}.attn.hook_q | hook_k | hook_v | hook_z | hook_attn_scores | hook_pattern | hook_result
     blocks.{L}.mlp.hook_pre | hook_pre_linear | hook_post
     blocks.{L}.ln1.hook_scale | hook_normalized, blocks.{L}.ln2.hook_scale | hook_normalized
+    blocks.{L}.ln1_post.hook_* , blocks.{L}.ln2_post.hook_*   (norms after attention / MLP, Gemma 2)
     ln_final.hook_scale | hook_normalized
 
 Short names ("pattern", "resid_pre", "q", ...) expand to canonical ones with :func:`act_name`, the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from .errors import HookNameError
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(?:(attn|mlp|ln1|ln2)\.)?(hook_[a-z_]+)$")
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(?:(attn|mlp|ln1_post|ln2_post|ln1|ln2)\.)?(hook_[a-z_]+)$")
 _TOP_RE = re.compile(r"^(?:(ln_final)\.)?(hook_[a-z_]+)$")
 
 # short name -> (component, hook) for per-block activations
@@ -47,13 +48,14 @@ _ALIASES = {
     "mlp_pre": "pre", "mlp_post": "post", "resid": "resid_post",
 }
 _LAYER_TYPES = {"ln1": "ln1", "ln2": "ln2", "ln_final": "ln_final", "a": "ln1", "m": "ln2",
-                "attn": "ln1", "mlp": "ln2"}
+                "attn": "ln1", "mlp": "ln2", "ln1_post": "ln1_post", "ln2_post": "ln2_post"}
 
 
 @dataclass(frozen=True)
 class HookName:
     """A parsed hook name. ``layer`` is None for model-level names; ``component`` is one of
-    "", "attn", "mlp", "ln1", "ln2", "ln_final"; ``site`` is the final ``hook_*`` part."""
+    "", "attn", "mlp", "ln1", "ln2", "ln1_post", "ln2_post", "ln_final"; ``site`` is the final
+    ``hook_*`` part."""
 
     layer: int | None
     component: str

@@ -20,7 +20,8 @@ d_model, ``H`` query heads, ``G`` kv heads, ``d`` d_head. Steps, in this order:
     mean, so RMS models skip this step (with a warning).
 ``center_unembed``
     ``W_U [D, V] -= W_U.mean(-1)``, ``b_U -= b_U.mean()``: each position's logits shift by one
-    constant, which log-softmax ignores.
+    constant, which log-softmax ignores (skipped, with a warning, where the logits are
+    soft-capped: Gemma 2).
 ``fold_value_biases``
     ``b_O += sum_h b_V[h // (H/G)] @ W_O[h]`` (``b_V [G, d]``, ``W_O [H, d, D]``), then ``b_V = 0``
     (only the V slice of a fused projection). Exact because each attention row sums to 1; skipped
@@ -62,6 +63,12 @@ def process_weights(bridge: Bridge, *, fold_ln: bool, center_writing_weights: bo
             f"[-{bridge.cfg.clip_qkv}, {bridge.cfg.clip_qkv}] after adding its bias (clip_qkv), so "
             "moving the bias past the clamp would change the outputs.", UserWarning, stacklevel=3)
         fold_value_biases = False
+    if center_unembed and bridge.cfg.output_logits_soft_cap is not None:
+        warnings.warn(
+            f"center_unembed skipped: this {bridge.cfg.model_type} model soft-caps its logits "
+            f"(cap * tanh(logits / cap), cap {bridge.cfg.output_logits_soft_cap}), and a shift of "
+            "every logit does not pass through tanh unchanged.", UserWarning, stacklevel=3)
+        center_unembed = False
     done: list[str] = []
     with torch.no_grad():
         if fold_ln or center_writing_weights or center_unembed:
@@ -121,12 +128,14 @@ def _untie_unembed(bridge: Bridge) -> None:
         bridge.model.config.tie_word_embeddings = False
 
 
-def _fold_norm(norm: nn.Module, readers: list[tuple[nn.Module, str]], center: bool) -> None:
+def _fold_norm(norm: nn.Module, readers: list[tuple[nn.Module, str]], center: bool,
+               offset: float = 0.0) -> None:
     """Fold ``norm``'s ``w [D]``/``b [D]`` into each reader's ``W [D, out]``/``b [out]``, then
-    reset the norm to weight 1, bias 0. ``center``: also remove W's mean over its input dim."""
+    reset the norm to weight 1, bias 0. ``center``: also remove W's mean over its input dim.
+    ``offset``: the norm scales by ``offset + w`` (Gemma: 1), so it is reset to ``w = 1 - offset``."""
     w = getattr(norm, "weight", None)
     b = getattr(norm, "bias", None)
-    w32 = None if w is None else w.detach().float()
+    w32 = None if w is None else w.detach().float() + offset
     b32 = None if b is None or not b.detach().any() else b.detach().float()
     for module, layout in readers:
         W, _ = in_out(module, layout)
@@ -140,24 +149,24 @@ def _fold_norm(norm: nn.Module, readers: list[tuple[nn.Module, str]], center: bo
             W32 = W32 - W32.mean(0, keepdim=True)
         _assign(W, W32)
     if w is not None:
-        w.detach().fill_(1.0)
+        w.detach().fill_(1.0 - offset)
     if b is not None:
         b.detach().zero_()
 
 
 def _fold_ln(bridge: Bridge) -> None:
     a = bridge.adapter
-    center = a.normalization == "LN"
+    center, off = a.normalization == "LN", a.norm_weight_offset
     for layer in range(bridge.cfg.n_layers):
         qkv = [(_module(bridge, p, layer), a.linear_layout) for p in a.attn_qkv]
         mlp = [(_module(bridge, p, layer), a.linear_layout) for p in (a.mlp_in, a.mlp_gate) if p]
         ln1, ln2 = _module(bridge, a.ln1, layer), _module(bridge, a.ln2, layer)
         if ln1 is ln2:  # one shared norm feeds both (fold once, into every reader)
-            _fold_norm(ln1, qkv + mlp, center)
+            _fold_norm(ln1, qkv + mlp, center, off)
         else:
-            _fold_norm(ln1, qkv, center)
-            _fold_norm(ln2, mlp, center)
-    _fold_norm(_module(bridge, a.ln_final), [(_module(bridge, a.unembed), "linear")], center)
+            _fold_norm(ln1, qkv, center, off)
+            _fold_norm(ln2, mlp, center, off)
+    _fold_norm(_module(bridge, a.ln_final), [(_module(bridge, a.unembed), "linear")], center, off)
 
 
 def _center_writing_weights(bridge: Bridge) -> None:

@@ -9,9 +9,12 @@ Every name maps to PyTorch forward (pre-)hooks on the HF modules the adapter nam
 ``blocks.L.hook_resid_mid``     input of ln2 (sequential blocks only); a write is carried into
                                 the block's output too, so everything downstream sees it
 ``blocks.L.hook_resid_post``    the block's output
-``blocks.L.hook_attn_out``      attention module's output (after W_O and its bias)
-``blocks.L.hook_mlp_out``       MLP module's output
+``blocks.L.hook_attn_out``      attention module's output (after W_O and its bias), or the
+                                output of the norm after it where the family has one (Gemma 2)
+``blocks.L.hook_mlp_out``       MLP module's output (likewise after a post-MLP norm)
 ``blocks.L.ln1|ln2.hook_*``     ``hook_scale [b, p, 1]`` and ``hook_normalized [b, p, d_model]``
+                                (no ln2 where one norm feeds attention and the MLP: Phi)
+``blocks.L.ln1_post|ln2_post.*`` the same for the norms after attention / the MLP (Gemma 2)
 ``ln_final.hook_*``             (recomputed from the norm's input; the output is rebuilt only if
                                 a function replaced one of them)
 ``blocks.L.mlp.hook_pre``       pre-activation (output of W_in, or of W_gate when gated)
@@ -106,7 +109,7 @@ def _pre_tap(module: nn.Module, point: HookPoint) -> Tap:
     return Tap(module, "pre", fn)
 
 
-def _norm_tap(module: nn.Module, kind: str, eps: float, scale_p: HookPoint,
+def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: HookPoint,
               norm_p: HookPoint) -> Tap:
     """Recompute a norm's ``hook_scale [b, p, 1]`` / ``hook_normalized [b, p, d]`` from its input
     (fp32 math; one fused kernel for LayerNorm)."""
@@ -127,7 +130,8 @@ def _norm_tap(module: nn.Module, kind: str, eps: float, scale_p: HookPoint,
         new_norm = norm_p.fire(normalized)
         if new_scale is scale and new_norm is normalized:
             return None  # read-only: keep HF's own output bit for bit
-        out = new_norm * mod.weight if getattr(mod, "weight", None) is not None else new_norm
+        weight = getattr(mod, "weight", None)
+        out = new_norm if weight is None else new_norm * (weight + offset if offset else weight)
         bias = getattr(mod, "bias", None)
         return out + bias if bias is not None else out
     return Tap(module, "post", fn)
@@ -177,8 +181,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
 
     def norm(module, prefix):
         s, n = point(f"{prefix}.hook_scale"), point(f"{prefix}.hook_normalized")
-        s.taps = n.taps = (_norm_tap(module, cfg.normalization_type,
-                                     _norm_eps(module, cfg.eps), s, n),)
+        s.taps = n.taps = (_norm_tap(module, cfg.normalization_type, _norm_eps(module, cfg.eps),
+                                     adapter.norm_weight_offset, s, n),)
 
     post(get_module(model, adapter.embed), "hook_embed")
     if adapter.pos_embed is not None:
@@ -196,21 +200,30 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         result = point(f"blocks.{L}.attn.hook_result")
         result.taps = (_result_tap(get_module(block, adapter.attn_out_proj), cfg,
                                    adapter.linear_layout, result),)
-        post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out")
+        if adapter.attn_post_norm is not None:  # Gemma 2: the residual receives the norm's output
+            norm(get_module(block, adapter.attn_post_norm), f"blocks.{L}.ln1_post")
+            post(get_module(block, adapter.attn_post_norm), f"blocks.{L}.hook_attn_out")
+        else:
+            post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out")
         resid_post = HookPoint(f"blocks.{L}.hook_resid_post")  # placed in order below
         block_post = _block_post_tap(block, L, state, resid_post)
         resid_post.taps = (block_post,)
         if not cfg.parallel_attn_mlp:
             mid = point(f"blocks.{L}.hook_resid_mid")
             mid.taps = (_mid_tap(get_module(block, adapter.ln2), L, state, mid), block_post)
-        norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
+        if adapter.ln2 != adapter.ln1:  # one norm feeding both (Phi, Cohere): ln1 only
+            norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
         if adapter.mlp_gate is not None:
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
         else:
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre")
         pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
-        post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out")
+        if adapter.mlp_post_norm is not None:
+            norm(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.ln2_post")
+            post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out")
+        else:
+            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out")
         points[resid_post.name] = resid_post
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites

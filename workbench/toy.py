@@ -14,11 +14,15 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     OlmoConfig,
+    PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -64,8 +68,11 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 # Llama-like families: same constructor arguments
 _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
-               "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config}
-FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox")
+               "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config,
+               "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}
+_EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3")  # their configs default to 128 or 256
+_GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
@@ -76,8 +83,10 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
         return GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=vocab,
                           n_positions=128, bos_token_id=0, eos_token_id=0, **extra)
     if family in _LLAMA_LIKE:
-        if family == "qwen3":  # Qwen3Config defaults to head_dim 128
+        if family in _EXPLICIT_HEAD_DIM:
             extra.setdefault("head_dim", d_model // n_heads)
+        if family in ("gemma2", "gemma3"):
+            extra.setdefault("query_pre_attn_scalar", extra["head_dim"])
         return _LLAMA_LIKE[family](
             num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
             num_key_value_heads=n_kv_heads or n_heads, intermediate_size=2 * d_model,
@@ -89,6 +98,12 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
                              num_attention_heads=n_heads, intermediate_size=4 * d_model,
                              vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
                              eos_token_id=0, **extra)
+    if family == "phi":
+        extra.setdefault("partial_rotary_factor", 0.5)
+        return PhiConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                         num_key_value_heads=n_kv_heads or n_heads, intermediate_size=4 * d_model,
+                         vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
+                         eos_token_id=0, **extra)
     raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}.")
 
 
@@ -98,8 +113,11 @@ def tiny_model(family: str, seed: int = 0, **config_kwargs):
     ones, which would hide a hook taken before them instead of after."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **config_kwargs))
+    offset = 1.0 if family in _GEMMA else 0.0
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
-                param.copy_(1 + 0.5 * torch.randn_like(param))
+            if name.endswith(("q_norm.weight", "k_norm.weight", "q_layernorm.weight", "k_layernorm.weight")):
+                param.copy_(1 - offset + 0.5 * torch.randn_like(param))
+            elif offset and name.endswith("norm.weight"):  # all Gemma norms: 1 + w, w near 0
+                param.copy_(0.3 * torch.randn_like(param))
     return model.eval()

@@ -8,7 +8,8 @@ GPT-NeoX) and whether linears are stored ``[out, in]`` (``linear``) or ``[in, ou
 Shapes (row-vector convention, ``x @ W``; ``L`` layers, ``H`` query heads, ``D`` d_model):
 
 =========  ===================================  =====================================================
-``W_E``    ``[d_vocab, D]``                     token embedding (the live parameter)
+``W_E``    ``[d_vocab, D]``                     token embedding: the live parameter, or a scaled copy
+                                                where the embedding scales its output (Gemma)
 ``W_pos``  ``[n_ctx, D]``                       learned positions (rotary models have none)
 ``W_Q``    ``[L, H, D, d_head]``                pre-rotary; ``W_K``/``W_V`` grouped K/V expanded per
                                                 query head (query head ``h`` reads kv head ``h // g``)
@@ -20,7 +21,8 @@ Shapes (row-vector convention, ``x @ W``; ``L`` layers, ``H`` query heads, ``D``
 ``QK``     ``FactoredMatrix [L, H, D, D]``      ``W_Q @ W_K^T``; ``OV``: ``W_V @ W_O``
 =========  ===================================  =====================================================
 
-Stacked weights are fresh tensors (detached); ``W_E``/``W_U`` are views of the live parameters.
+Stacked weights are fresh tensors (detached); ``W_E``/``W_U`` are views of the live parameters
+(except a scaled ``W_E``).
 """
 
 from __future__ import annotations
@@ -129,8 +131,17 @@ def _b_U(bridge: Bridge) -> torch.Tensor:
     return b if b is not None else w.new_zeros(w.shape[1])
 
 
+def _W_E(bridge: Bridge) -> torch.Tensor:
+    """What the embedding adds per token: its weight, times the scale that Gemma's embedding
+    module applies in its forward (``scalar_embed_scale``, sqrt(d_model))."""
+    module = bridge.model.get_submodule(bridge.adapter.embed)
+    scale = getattr(module, "scalar_embed_scale", 1.0)
+    w = module.weight.detach()
+    return w if scale == 1.0 else w * torch.tensor(scale, dtype=w.dtype)
+
+
 READERS: dict[str, Callable[[Bridge], torch.Tensor]] = {
-    "W_E": lambda br: br.model.get_submodule(br.adapter.embed).weight.detach(),
+    "W_E": _W_E,
     "W_pos": _W_pos,
     "W_Q": lambda br: _attn(br, "q", False),
     "W_K": lambda br: _attn(br, "k", False),

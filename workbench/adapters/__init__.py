@@ -13,8 +13,8 @@ variant of it to ``VARIANTS`` in ``tests/conftest.py`` (and to ``workbench/toy.p
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from . import gpt2, gpt_neox, llama, olmo, qwen2, qwen3, starcoder2
-from .base import Adapter, split_out_proj
+from . import gemma, gpt2, gpt_neox, llama, olmo, phi, qwen2, qwen3, starcoder2
+from .base import Adapter, norm_weight, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
     gpt2.ADAPTER,
@@ -24,9 +24,13 @@ ADAPTERS: tuple[Adapter, ...] = (
     qwen3.ADAPTER,
     olmo.ADAPTER,
     starcoder2.ADAPTER,
+    gemma.ADAPTER,
+    gemma.GEMMA2,
+    gemma.GEMMA3,
+    phi.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "split_out_proj", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:

@@ -47,6 +47,24 @@ class Adapter:
     # per-head norms applied to Q and K after the projections and before rotary (Qwen3's
     # q_norm/k_norm), relative to a block; hook_q/hook_k are then taken after them
     attn_qk_norms: tuple[str, str] | None = None
+    # norms applied to the attention / MLP output before it joins the residual stream (Gemma 2's
+    # post_attention_layernorm / post_feedforward_layernorm), relative to a block; hook_attn_out
+    # and hook_mlp_out are then their outputs (what the residual stream receives)
+    attn_post_norm: str | None = None
+    mlp_post_norm: str | None = None
+    # RMSNorms that scale by ``offset + weight`` (Gemma's ``1 + weight``; stored weights near 0)
+    norm_weight_offset: float = 0.0
+
+
+def norm_weight(adapter: Adapter, module) -> Any:
+    """The factor a norm module multiplies by, ``[d]`` (detached), or None when it has no weight:
+    its ``weight`` plus the family's ``norm_weight_offset`` (Gemma stores ``w`` and scales by
+    ``1 + w``)."""
+    w = getattr(module, "weight", None)
+    if w is None:
+        return None
+    w = w.detach()
+    return w + adapter.norm_weight_offset if adapter.norm_weight_offset else w
 
 
 def split_out_proj(weight, layout: str, n_heads: int, d_head: int):

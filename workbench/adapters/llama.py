@@ -17,7 +17,7 @@ def llama_like_config(c: Any, eps: float) -> dict:
         n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
         n_kv_heads=c.num_key_value_heads or c.num_attention_heads, d_model=c.hidden_size,
         d_head=d_head, d_mlp=c.intermediate_size, d_vocab=c.vocab_size,
-        n_ctx=c.max_position_embeddings, eps=eps, act_fn=c.hidden_act,
+        n_ctx=c.max_position_embeddings, eps=eps, act_fn=getattr(c, "hidden_act", None),
         parallel_attn_mlp=False, rotary_dim=d_head, gated_mlp=True,
     )
 
