@@ -33,6 +33,7 @@ VARIANTS = {
     "gemma3": ("gemma3", {"n_kv_heads": 2, "sliding_window": 3,
                           "layer_types": ["sliding_attention", "full_attention"]}),
     "phi_gqa": ("phi", {"n_kv_heads": 2}),
+    "cohere_qk_norm": ("cohere", {"n_kv_heads": 2, "use_qk_norm": True, "logit_scale": 0.5}),
 }
 
 
@@ -63,6 +64,21 @@ def norm_affine(bridge, norm, x: torch.Tensor) -> torch.Tensor:
     weight, bias = norm_weight(bridge.adapter, norm), getattr(norm, "bias", None)
     x = x if weight is None else x * weight
     return x if bias is None else x + bias
+
+
+def finish_logits(bridge, x: torch.Tensor) -> torch.Tensor:
+    """What the model does after the unembedding, written out: times the logit multiplier (Cohere,
+    Granite), then ``cap * tanh(x / cap)`` (Gemma 2)."""
+    x = x * bridge.cfg.logit_multiplier
+    cap = bridge.cfg.output_logits_soft_cap
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def unfinish_logits(bridge, logits: torch.Tensor) -> torch.Tensor:
+    """The unembedding's output from the model's logits: ``finish_logits`` inverted."""
+    cap = bridge.cfg.output_logits_soft_cap
+    x = logits if cap is None else cap * torch.atanh(logits / cap)
+    return x / bridge.cfg.logit_multiplier
 
 
 def no_torch_hooks(model) -> bool:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import unfinish_logits
 
 from workbench import HookNameError
 from workbench.adapters import norm_weight
@@ -82,8 +83,7 @@ def test_ln_applied_stack_sums_to_normalized_and_logit_attrs(bridge):
     # the components sum to the logit difference minus the final norm's bias term
     W_U = bridge.model.get_submodule(bridge.adapter.unembed).weight.T
     direction = W_U[:, t_good] - W_U[:, t_bad]
-    cap = bridge.cfg.output_logits_soft_cap  # Gemma 2: attribution is of the logits before it
-    logits = logits if cap is None else cap * torch.atanh(logits / cap)
+    logits = unfinish_logits(bridge, logits)  # attribution is of the unembedding's output
     diff = logits[0, -1, t_good] - logits[0, -1, t_bad]
     bias = getattr(ln, "bias", None)
     const = (bias @ direction) if bias is not None else 0.0

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import norm_affine
+from conftest import finish_logits, norm_affine, unfinish_logits
 
 from workbench import InputError
 from workbench.adapters import norm_weight
@@ -64,8 +64,7 @@ def test_lens_brute_force_middle_layer(bridge):
     x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     x = norm_affine(bridge, ln, x)
     logits = x @ bridge.W_U + bridge.b_U
-    cap = bridge.cfg.output_logits_soft_cap  # Gemma 2
-    logits = logits if cap is None else cap * torch.tanh(logits / cap)
+    logits = finish_logits(bridge, logits)  # Gemma 2's soft-cap, Cohere's multiplier
     site = "resid_post" if bridge.cfg.parallel_attn_mlp else "resid_mid"
     lens = logit_lens(bridge, PROMPT, sites=site, layers=[0], positions=[-1, 2], k=4)
     expected = logits[[resid.shape[0] - 1, 2]].softmax(-1).topk(4, -1)
@@ -96,12 +95,10 @@ def test_dla_sums_to_logit_difference(bridge, wrong):
     prompts = [PROMPT, "When Mary and John went"]  # right-padded batch: last real token differs
     answer, other = ["M", "J"], ["J", "M"]
     res = direct_logit_attribution(bridge, prompts, answer, other if wrong else None)
-    # the model's own logits at each prompt's last real token (before final soft-capping, which
-    # is not linear: Gemma 2's logits are cap * tanh(x / cap) of these)
-    cap = bridge.cfg.output_logits_soft_cap
+    # the model's own logits at each prompt's last real token, before what the model does after
+    # the unembedding (Gemma 2's soft-cap is not linear; Cohere multiplies)
     for i, p in enumerate(prompts):
-        logits = bridge(p)[0, -1].float()
-        logits = logits if cap is None else cap * torch.atanh(logits / cap)
+        logits = unfinish_logits(bridge, bridge(p)[0, -1].float())
         a, b = bridge.to_single_token(answer[i]), bridge.to_single_token(other[i])
         expected = logits[a] - (logits[b] if wrong else 0)
         torch.testing.assert_close(res.logit_diff[i], expected, rtol=1e-4, atol=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import norm_affine
+from conftest import finish_logits, norm_affine
 
 from workbench import FactoredMatrix, InputError
 
@@ -26,7 +26,14 @@ def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor)
         t = t.clamp(-clip, clip)
     norms = bridge.adapter.attn_qk_norms
     if norms is not None and key in "qk":
-        t = bridge.model.get_submodule(f"{bridge.adapter.blocks}.{layer}.{norms['qk'.index(key)]}")(t)
+        block = bridge.model.get_submodule(f"{bridge.adapter.blocks}.{layer}")
+        path = norms["qk".index(key)]
+        if any(name == path for name, _ in block.named_modules()):  # a config may turn them off
+            norm = block.get_submodule(path)
+            g = t.shape[2] // norm.weight.shape[0] if norm.weight.ndim == 2 else 1
+            if g > 1:  # Cohere: a weight per K head [n_kv_heads, d_head]; t has one per query head
+                return norm(t[:, :, ::g]).repeat_interleave(g, dim=2)
+            t = norm(t)
     return t
 
 
@@ -54,10 +61,6 @@ def post_norm(bridge, layer: int, path: str | None, x: torch.Tensor) -> torch.Te
     """``x`` through the block's norm at ``path`` (Gemma 2's norms after attention and the MLP);
     unchanged where the family has none."""
     return x if path is None else bridge.model.get_submodule(f"{bridge.adapter.blocks}.{layer}.{path}")(x)
-
-
-def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return x if cap is None else cap * torch.tanh(x / cap)
 
 
 def test_weights_reproduce_activations(bridge):
@@ -98,7 +101,7 @@ def test_weights_reproduce_activations(bridge):
         mlp_out = cache["post", layer] @ bridge.W_out[layer] + bridge.b_out[layer]
         close(post_norm(bridge, layer, bridge.adapter.mlp_post_norm, mlp_out), cache["mlp_out", layer])
     unembedded = norm_out(bridge, cache, "ln_final", None) @ bridge.W_U + bridge.b_U
-    close(soft_cap(unembedded, c.output_logits_soft_cap), logits)
+    close(finish_logits(bridge, unembedded), logits)
 
 
 def test_qk_and_ov_circuits(bridge):

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 from transformers import (
     AutoModelForCausalLM,
+    CohereConfig,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
@@ -69,7 +70,8 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 # Llama-like families: same constructor arguments
 _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
                "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config,
-               "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}
+               "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
+               "cohere": CohereConfig}
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3")  # their configs default to 128 or 256
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
 FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi")

@@ -45,7 +45,8 @@ class Adapter:
     positional: Literal["standard", "rotary"]
     read_config: Callable[[Any], dict]
     # per-head norms applied to Q and K after the projections and before rotary (Qwen3's
-    # q_norm/k_norm), relative to a block; hook_q/hook_k are then taken after them
+    # q_norm/k_norm), relative to a block; hook_q/hook_k are then taken after them. A model whose
+    # config turns them off (Cohere's use_qk_norm, Phi's qk_layernorm) simply lacks the modules
     attn_qk_norms: tuple[str, str] | None = None
     # norms applied to the attention / MLP output before it joins the residual stream (Gemma 2's
     # post_attention_layernorm / post_feedforward_layernorm), relative to a block; hook_attn_out

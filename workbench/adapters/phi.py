@@ -31,4 +31,5 @@ ADAPTER = Adapter(
     attn_qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), qkv_layout="split",
     attn_out_proj="self_attn.dense", mlp_in="mlp.fc1", mlp_gate=None, mlp_out="mlp.fc2",
     linear_layout="linear", normalization="LN", positional="rotary", read_config=read_config,
+    attn_qk_norms=("self_attn.q_layernorm", "self_attn.k_layernorm"),
 )
