@@ -34,6 +34,8 @@ VARIANTS = {
                           "layer_types": ["sliding_attention", "full_attention"]}),
     "phi_gqa": ("phi", {"n_kv_heads": 2}),
     "cohere_qk_norm": ("cohere", {"n_kv_heads": 2, "use_qk_norm": True, "logit_scale": 0.5}),
+    "granite": ("granite", {"n_kv_heads": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+                            "attention_multiplier": 0.2, "logits_scaling": 2.0}),
 }
 
 

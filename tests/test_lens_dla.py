@@ -126,6 +126,7 @@ def test_dla_heads_match_ablation_direct_path(bridge):
     if bridge.adapter.attn_post_norm is not None:  # Gemma 2: through the post-attention norm
         post = bridge.model.get_submodule(f"{bridge.adapter.blocks}.{L}.{bridge.adapter.attn_post_norm}")
         x = x / cache[f"blocks.{L}.ln1_post.hook_scale"][0, -1] * norm_weight(bridge.adapter, post)
+    x = x * bridge.cfg.residual_multiplier  # Granite scales what attention writes
     if bridge.cfg.normalization_type == "LN":
         x = x - x.mean()
     ln = bridge.model.get_submodule(bridge.adapter.ln_final)

@@ -89,7 +89,8 @@ def test_weights_reproduce_activations(bridge):
             r = c.rotary_dim
             close(q[..., r:], cache["q", layer][..., r:])
         attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], bridge.W_O[layer]) + bridge.b_O[layer]
-        close(post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
+        r = c.residual_multiplier  # Granite scales what attention and the MLP write
+        close(r * post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
         x2 = norm_out(bridge, cache, "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1", layer)
         if c.gated_mlp:
             close(x2 @ bridge.W_gate[layer], cache["pre", layer])
@@ -99,7 +100,7 @@ def test_weights_reproduce_activations(bridge):
             with pytest.raises(InputError, match="gated"):
                 _ = bridge.W_gate
         mlp_out = cache["post", layer] @ bridge.W_out[layer] + bridge.b_out[layer]
-        close(post_norm(bridge, layer, bridge.adapter.mlp_post_norm, mlp_out), cache["mlp_out", layer])
+        close(r * post_norm(bridge, layer, bridge.adapter.mlp_post_norm, mlp_out), cache["mlp_out", layer])
     unembedded = norm_out(bridge, cache, "ln_final", None) @ bridge.W_U + bridge.b_U
     close(finish_logits(bridge, unembedded), logits)
 

@@ -128,10 +128,10 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
         z = cache["z", L][rows, pos]  # [batch, heads, d_head]
         head_out = torch.einsum("bhd,hdm->hbm", z, ctx.W_O(L).to(z.dtype))  # [heads, batch, d_model]
         bias_out = b_O[L].to(z.dtype).expand(batch, -1)
-        if ctx.attn_post_norms:  # Gemma 2: through the post-attention norm, its scale frozen
-            scale = cache[f"blocks.{L}.ln1_post.hook_scale"][rows, pos]  # [batch, 1]
-            head_out = ctx.through_attn_post_norm(L, head_out, scale)
-            bias_out = ctx.through_attn_post_norm(L, bias_out, scale)
+        # as the residual stream receives them (Gemma 2's post-norm, scale frozen; Granite's r)
+        name = ctx.post_norm_scale_name(L)
+        scale = None if name is None else cache[name][rows, pos]  # [batch, 1]
+        head_out, bias_out = ctx.attn_written(L, head_out, scale), ctx.attn_written(L, bias_out, scale)
         parts.extend(head_out.unbind(0))
         labels += [f"L{L}H{h}" for h in range(c.n_heads)]
         kinds += ["head"] * c.n_heads

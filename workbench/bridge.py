@@ -70,6 +70,7 @@ class Bridge:
             ln_final=get_module(model, adapter.ln_final), norm_weight_offset=adapter.norm_weight_offset,
             attn_post_norms=(() if adapter.attn_post_norm is None
                              else tuple(get_module(b, adapter.attn_post_norm) for b in blocks)),
+            residual_multiplier=self.cfg.residual_multiplier,
         )
 
     def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True,

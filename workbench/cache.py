@@ -33,20 +33,26 @@ class CacheContext:
     ln_final: torch.nn.Module | None = None
     norm_weight_offset: float = 0.0  # Gemma's norms scale by 1 + weight
     attn_post_norms: tuple[torch.nn.Module, ...] = ()  # per layer, where attention has one (Gemma 2)
+    residual_multiplier: float = 1.0  # Granite: the block adds r * (attention's output)
 
-    def through_attn_post_norm(self, layer: int, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Pieces ``x [..., d_model]`` of attention's output as the residual stream receives them
-        after layer ``layer``'s post-attention norm, its scale frozen at the cached ``scale``
-        (broadcastable to ``x[..., :1]``): linear, so the pieces sum to ``hook_attn_out``. The
-        identity where attention has no post-norm."""
-        if not self.attn_post_norms:
-            return x
-        norm = self.attn_post_norms[layer]
-        if self.normalization_type == "LN":
-            x = x - x.mean(-1, keepdim=True)
-        x = x / scale.to(x.dtype)
-        w = getattr(norm, "weight", None)
-        return x if w is None else x * (w.detach() + self.norm_weight_offset).to(x.dtype)
+    def attn_written(self, layer: int, x: torch.Tensor, scale=None) -> torch.Tensor:
+        """Pieces ``x [..., d_model]`` of the attention module's output (heads' ``z @ W_O``, the
+        bias) as the residual stream receives them: through layer ``layer``'s post-attention
+        norm with its scale frozen at the cached ``scale`` (broadcastable to ``x[..., :1]``;
+        Gemma 2), times the residual multiplier (Granite). Linear, so the pieces sum to
+        ``hook_attn_out``; the identity on most families."""
+        if self.attn_post_norms:
+            norm = self.attn_post_norms[layer]
+            if self.normalization_type == "LN":
+                x = x - x.mean(-1, keepdim=True)
+            x = x / scale.to(x.dtype)
+            w = getattr(norm, "weight", None)
+            x = x if w is None else x * (w.detach() + self.norm_weight_offset).to(x.dtype)
+        return x * self.residual_multiplier if self.residual_multiplier != 1.0 else x
+
+    def post_norm_scale_name(self, layer: int) -> str | None:
+        """The cached scale that ``attn_written`` needs, or None."""
+        return f"blocks.{layer}.ln1_post.hook_scale" if self.attn_post_norms else None
 
     @property
     def ln_final_w(self) -> torch.Tensor | None:
@@ -215,8 +221,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         cached, else computed from ``hook_z``. Shape ``[layers*heads, batch, pos, d_model]``,
         labels "L{l}H{h}"; ``incl_remainder`` appends the rest of the residual stream. Where a
         norm follows attention (Gemma 2) each head's output is passed through it with its cached
-        scale frozen (``blocks.L.ln1_post.hook_scale`` must be cached), so that it is what the
-        head adds to the residual stream."""
+        scale frozen (``blocks.L.ln1_post.hook_scale`` must be cached), and where the block
+        scales what attention writes (Granite) it is scaled, so that it is what the head adds to
+        the residual stream."""
         layer = self._layer_arg(layer)
         parts, labels = [], []
         for L in range(layer):
@@ -227,14 +234,15 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                 z = self["z", L]
                 result = torch.einsum("...hd,hdm->...hm", z, w_o.to(z.device, z.dtype))
             ctx = self.context
-            if ctx is not None and ctx.attn_post_norms:
-                name = f"blocks.{L}.ln1_post.hook_scale"
-                if name not in self:
+            if ctx is not None:
+                name, scale = ctx.post_norm_scale_name(L), None
+                if name is not None and name not in self:
                     raise InputError(f"stack_head_results needs {name!r} on this model (its "
                                      "attention output passes through a norm); include it in "
                                      "run_with_cache's names_filter.")
-                scale = self[name][..., None, :]  # [b, p, 1, 1]
-                result = ctx.through_attn_post_norm(L, result, scale)
+                if name is not None:
+                    scale = self[name][..., None, :]  # [b, p, 1, 1]
+                result = ctx.attn_written(L, result, scale)
             result = result.movedim(-2, 0)  # [heads, batch, pos, d_model]
             parts.append(result)
             labels += [f"L{L}H{h}" for h in range(result.shape[0])]

@@ -19,7 +19,10 @@ class BridgeConfig:
     right after their projections (OLMo), ``None`` when not; ``attn_scores_soft_cap`` /
     ``output_logits_soft_cap``: scores and logits pass through ``cap * tanh(x / cap)`` (Gemma 2);
     ``logit_multiplier``: the model multiplies the unembedding's output by it (Cohere's
-    ``logit_scale``, Granite's ``1 / logits_scaling``)."""
+    ``logit_scale``, Granite's ``1 / logits_scaling``); ``embed_multiplier``: the model scales
+    the token embedding by it before the first block, and ``residual_multiplier``: each block
+    adds that times attention's and the MLP's outputs (Granite); ``hook_embed``,
+    ``hook_attn_out`` and ``hook_mlp_out`` show the scaled tensors, what the residual receives."""
 
     model_type: str
     n_layers: int
@@ -43,6 +46,8 @@ class BridgeConfig:
     attn_scores_soft_cap: float | None = None
     output_logits_soft_cap: float | None = None
     logit_multiplier: float = 1.0
+    embed_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
 
     def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """What the model does to the unembedding's output ``[..., d_vocab]`` before returning it

@@ -3,14 +3,15 @@
 Every name maps to PyTorch forward (pre-)hooks on the HF modules the adapter names:
 
 ==============================  ==============================================================
-``hook_embed``                  output of the token embedding
+``hook_embed``                  output of the token embedding (times Granite's embedding_multiplier)
 ``hook_pos_embed``              output of the learned position embedding (absent with rotary)
 ``blocks.L.hook_resid_pre``     the block's input (pre-hook on the block)
 ``blocks.L.hook_resid_mid``     input of ln2 (sequential blocks only); a write is carried into
                                 the block's output too, so everything downstream sees it
 ``blocks.L.hook_resid_post``    the block's output
 ``blocks.L.hook_attn_out``      attention module's output (after W_O and its bias), or the
-                                output of the norm after it where the family has one (Gemma 2)
+                                output of the norm after it where the family has one (Gemma 2);
+                                times Granite's residual_multiplier (likewise hook_mlp_out)
 ``blocks.L.hook_mlp_out``       MLP module's output (likewise after a post-MLP norm)
 ``blocks.L.ln1|ln2.hook_*``     ``hook_scale [b, p, 1]`` and ``hook_normalized [b, p, d_model]``
                                 (no ln2 where one norm feeds attention and the MLP: Phi)
@@ -79,10 +80,19 @@ def _main(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _post_tap(module: nn.Module, point: HookPoint) -> Tap:
-    """A forward hook firing one point on the module's (first) output."""
+def _post_tap(module: nn.Module, point: HookPoint, multiplier: float = 1.0) -> Tap:
+    """A forward hook firing one point on the module's (first) output. ``multiplier``: the model
+    multiplies that output by it before using it (Granite), so the point shows the product and
+    a written value is divided back."""
     def fn(mod, args, kwargs, output):
         value = _main(output)
+        if multiplier != 1.0:
+            shown = value * multiplier
+            new = point.fire(shown)
+            if new is shown and not point.bwd:
+                return None
+            # written, or a backward function waits on ``shown``: route the forward through it
+            return _replace_output(output, new / multiplier)
         new = point.fire(value)
         return None if new is value else _replace_output(output, new)
     return Tap(module, "post", fn)
@@ -171,9 +181,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         points[name] = p = HookPoint(name)
         return p
 
-    def post(module, name):
+    def post(module, name, multiplier=1.0):
         p = point(name)
-        p.taps = (_post_tap(module, p),)
+        p.taps = (_post_tap(module, p, multiplier),)
 
     def pre(module, name):
         p = point(name)
@@ -184,7 +194,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         s.taps = n.taps = (_norm_tap(module, cfg.normalization_type, _norm_eps(module, cfg.eps),
                                      adapter.norm_weight_offset, s, n),)
 
-    post(get_module(model, adapter.embed), "hook_embed")
+    post(get_module(model, adapter.embed), "hook_embed", cfg.embed_multiplier)
+    r = cfg.residual_multiplier
     if adapter.pos_embed is not None:
         p = point("hook_pos_embed")
         p.taps = (_pos_tap(get_module(model, adapter.pos_embed), state, p),)
@@ -202,9 +213,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
                                    adapter.linear_layout, result),)
         if adapter.attn_post_norm is not None:  # Gemma 2: the residual receives the norm's output
             norm(get_module(block, adapter.attn_post_norm), f"blocks.{L}.ln1_post")
-            post(get_module(block, adapter.attn_post_norm), f"blocks.{L}.hook_attn_out")
+            post(get_module(block, adapter.attn_post_norm), f"blocks.{L}.hook_attn_out", r)
         else:
-            post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out")
+            post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out", r)
         resid_post = HookPoint(f"blocks.{L}.hook_resid_post")  # placed in order below
         block_post = _block_post_tap(block, L, state, resid_post)
         resid_post.taps = (block_post,)
@@ -221,9 +232,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
         if adapter.mlp_post_norm is not None:
             norm(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.ln2_post")
-            post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out")
+            post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out", r)
         else:
-            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out")
+            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out", r)
         points[resid_post.name] = resid_post
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites

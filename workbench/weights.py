@@ -9,7 +9,7 @@ Shapes (row-vector convention, ``x @ W``; ``L`` layers, ``H`` query heads, ``D``
 
 =========  ===================================  =====================================================
 ``W_E``    ``[d_vocab, D]``                     token embedding: the live parameter, or a scaled copy
-                                                where the embedding scales its output (Gemma)
+                                                where the embedding is scaled (Gemma, Granite)
 ``W_pos``  ``[n_ctx, D]``                       learned positions (rotary models have none)
 ``W_Q``    ``[L, H, D, d_head]``                pre-rotary; ``W_K``/``W_V`` grouped K/V expanded per
                                                 query head (query head ``h`` reads kv head ``h // g``)
@@ -133,9 +133,10 @@ def _b_U(bridge: Bridge) -> torch.Tensor:
 
 def _W_E(bridge: Bridge) -> torch.Tensor:
     """What the embedding adds per token: its weight, times the scale that Gemma's embedding
-    module applies in its forward (``scalar_embed_scale``, sqrt(d_model))."""
+    module applies in its forward (``scalar_embed_scale``, sqrt(d_model)) and Granite's
+    ``embedding_multiplier``."""
     module = bridge.model.get_submodule(bridge.adapter.embed)
-    scale = getattr(module, "scalar_embed_scale", 1.0)
+    scale = getattr(module, "scalar_embed_scale", 1.0) * bridge.cfg.embed_multiplier
     w = module.weight.detach()
     return w if scale == 1.0 else w * torch.tensor(scale, dtype=w.dtype)
 

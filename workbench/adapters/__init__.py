@@ -13,7 +13,7 @@ variant of it to ``VARIANTS`` in ``tests/conftest.py`` (and to ``workbench/toy.p
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from . import cohere, gemma, gpt2, gpt_neox, llama, olmo, phi, qwen2, qwen3, starcoder2
+from . import cohere, gemma, gpt2, gpt_neox, granite, llama, olmo, phi, qwen2, qwen3, starcoder2
 from .base import Adapter, norm_weight, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -29,6 +29,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     gemma.GEMMA3,
     phi.ADAPTER,
     cohere.ADAPTER,
+    granite.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]
