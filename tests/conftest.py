@@ -36,6 +36,7 @@ VARIANTS = {
     "cohere_qk_norm": ("cohere", {"n_kv_heads": 2, "use_qk_norm": True, "logit_scale": 0.5}),
     "granite": ("granite", {"n_kv_heads": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
                             "attention_multiplier": 0.2, "logits_scaling": 2.0}),
+    "olmo2_gqa": ("olmo2", {"n_kv_heads": 2}),
 }
 
 

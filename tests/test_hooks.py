@@ -83,25 +83,30 @@ def test_writes_change_downstream(bridge):
 def test_norm_writes_rebuild_the_norm_output(bridge):
     """Doubling ``hook_scale`` halves the normalized vector; the norm's output is rebuilt from the
     written value as ``normalized * w + b`` (checked by recomputing by hand)."""
-    ln = bridge.model.get_submodule(f"{bridge.adapter.blocks}.0.{bridge.adapter.ln1}")
+    a = bridge.adapter
+    if a.ln1 is not None:
+        ln, prefix, source = bridge.model.get_submodule(f"{a.blocks}.0.{a.ln1}"), "blocks.0.ln1", "resid_pre"
+    else:  # OLMo 2 has no norm before attention: its final norm then
+        source = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
+        ln, prefix = bridge.model.get_submodule(a.ln_final), "ln_final"
     _, clean = bridge.run_with_cache(PROMPT)
-    x = clean["resid_pre", 0].float()
+    x = (clean["resid_pre", 0] if source == "resid_pre" else clean[source]).float()
     if bridge.cfg.normalization_type.startswith("LN"):
         x = x - x.mean(-1, keepdim=True)
     seen = {}
 
     def grab(t, hook):
         seen["out"] = t
-    with bridge.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, hook: 2 * t)]):
-        _, c = bridge.run_with_cache(PROMPT, names_filter=lambda n: n.startswith("blocks.0.ln1"))
+    with bridge.hooks(fwd_hooks=[(f"{prefix}.hook_scale", lambda t, hook: 2 * t)]):
+        _, c = bridge.run_with_cache(PROMPT, names_filter=lambda n: n.startswith(prefix))
         handle = ln.register_forward_hook(lambda m, a, o: grab(o, None))
         try:
             bridge(PROMPT)
         finally:
             handle.remove()
-    torch.testing.assert_close(c["blocks.0.ln1.hook_normalized"],
-                               x / (2 * clean["blocks.0.ln1.hook_scale"]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(seen["out"], norm_affine(bridge, ln, c["blocks.0.ln1.hook_normalized"]))
+    torch.testing.assert_close(c[f"{prefix}.hook_normalized"],
+                               x / (2 * clean[f"{prefix}.hook_scale"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["out"], norm_affine(bridge, ln, c[f"{prefix}.hook_normalized"]))
 
 
 def test_wrong_shape_and_exceptions_leave_nothing_attached(bridge):
@@ -115,7 +120,7 @@ def test_wrong_shape_and_exceptions_leave_nothing_attached(bridge):
         bridge.run_with_hooks(
             PROMPT, fwd_hooks=[("blocks.1.hook_mlp_out", boom), ("hook_embed", lambda t, hook: t)])
     with pytest.raises(RuntimeError):
-        with bridge.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, hook: t)]):
+        with bridge.hooks(fwd_hooks=[("ln_final.hook_scale", lambda t, hook: t)]):
             raise RuntimeError("user code failed")
     attached = bridge.attached_hooks()
     assert [(a.name, a.permanent) for a in attached] == [("blocks.0.hook_resid_pre", True)]

@@ -30,10 +30,15 @@ def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor)
         path = norms["qk".index(key)]
         if any(name == path for name, _ in block.named_modules()):  # a config may turn them off
             norm = block.get_submodule(path)
-            g = t.shape[2] // norm.weight.shape[0] if norm.weight.ndim == 2 else 1
-            if g > 1:  # Cohere: a weight per K head [n_kv_heads, d_head]; t has one per query head
-                return norm(t[:, :, ::g]).repeat_interleave(g, dim=2)
-            t = norm(t)
+            w, (b, p, heads, d) = norm.weight, t.shape
+            n_own = bridge.cfg.n_heads if key == "q" else bridge.cfg.n_kv_heads
+            g = heads // n_own  # t has one K per query head; the norm sees the K heads
+            t = t[:, :, ::g]
+            if w.ndim == 1 and w.numel() != d:  # OLMo 2: one norm over all heads together
+                t = norm(t.reshape(b, p, -1)).reshape(b, p, n_own, d)
+            else:  # per head (Qwen3 [d_head]; Cohere a weight per head [heads, d_head])
+                t = norm(t)
+            t = t.repeat_interleave(g, dim=2)
     return t
 
 
@@ -75,7 +80,8 @@ def test_weights_reproduce_activations(bridge):
             _ = bridge.W_pos
     g = c.n_heads // c.n_kv_heads
     for layer in range(c.n_layers):
-        x = norm_out(bridge, cache, "ln1", layer)  # [b, p, D]
+        # [b, p, D]; OLMo 2's attention reads the residual stream directly
+        x = norm_out(bridge, cache, "ln1", layer) if bridge.adapter.ln1 else cache["resid_pre", layer]
         q, k, v = (between_projection_and_rotary(
             bridge, layer, key, torch.einsum("bpd,hde->bphe", x, getattr(bridge, f"W_{key.upper()}")[layer])
             + getattr(bridge, f"b_{key.upper()}")[layer]) for key in "qkv")
@@ -91,7 +97,8 @@ def test_weights_reproduce_activations(bridge):
         attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], bridge.W_O[layer]) + bridge.b_O[layer]
         r = c.residual_multiplier  # Granite scales what attention and the MLP write
         close(r * post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
-        x2 = norm_out(bridge, cache, "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1", layer)
+        ln2 = "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1"  # Phi: one norm feeds both
+        x2 = cache["resid_mid", layer] if bridge.adapter.ln2 is None else norm_out(bridge, cache, ln2, layer)
         if c.gated_mlp:
             close(x2 @ bridge.W_gate[layer], cache["pre", layer])
             close(x2 @ bridge.W_in[layer], cache["pre_linear", layer])

@@ -71,6 +71,7 @@ class Bridge:
             attn_post_norms=(() if adapter.attn_post_norm is None
                              else tuple(get_module(b, adapter.attn_post_norm) for b in blocks)),
             residual_multiplier=self.cfg.residual_multiplier,
+            pre_norms=adapter.ln1 is not None,
         )
 
     def process_weights(self, fold_ln: bool = True, center_writing_weights: bool = True,

@@ -34,6 +34,7 @@ class CacheContext:
     norm_weight_offset: float = 0.0  # Gemma's norms scale by 1 + weight
     attn_post_norms: tuple[torch.nn.Module, ...] = ()  # per layer, where attention has one (Gemma 2)
     residual_multiplier: float = 1.0  # Granite: the block adds r * (attention's output)
+    pre_norms: bool = True  # False where no norm precedes attention and the MLP (OLMo 2)
 
     def attn_written(self, layer: int, x: torch.Tensor, scale=None) -> torch.Tensor:
         """Pieces ``x [..., d_model]`` of the attention module's output (heads' ``z @ W_O``, the
@@ -271,6 +272,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if layer is None or layer in (-1, self.n_layers):
             scale = self["ln_final.hook_scale"]
         else:
+            if not self._ctx("apply_ln_to_stack").pre_norms:
+                raise InputError(
+                    f"No norm reads the residual stream before layer {layer}'s attention or MLP on "
+                    "this model (OLMo 2 normalises the sublayers' outputs instead), so there is "
+                    "no scale to apply. Use apply_ln=False, or the final norm (layer=None).")
             ln = "ln2" if mlp_input and f"blocks.{layer}.ln2.hook_scale" in self else "ln1"
             scale = self["scale", layer, ln]  # one norm feeding both has ln1 only (Phi)
         scale = _pos(scale, pos_slice)

@@ -160,8 +160,13 @@ def _fold_ln(bridge: Bridge) -> None:
     for layer in range(bridge.cfg.n_layers):
         qkv = [(_module(bridge, p, layer), a.linear_layout) for p in a.attn_qkv]
         mlp = [(_module(bridge, p, layer), a.linear_layout) for p in (a.mlp_in, a.mlp_gate) if p]
-        ln1, ln2 = _module(bridge, a.ln1, layer), _module(bridge, a.ln2, layer)
-        if ln1 is ln2:  # one shared norm feeds both (fold once, into every reader)
+        ln1 = _module(bridge, a.ln1, layer) if a.ln1 is not None else None
+        ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None else None
+        if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold
+            for norm, readers in ((ln1, qkv), (ln2, mlp)):
+                if norm is not None:
+                    _fold_norm(norm, readers, center, off)
+        elif ln1 is ln2:  # one shared norm feeds both (fold once, into every reader)
             _fold_norm(ln1, qkv + mlp, center, off)
         else:
             _fold_norm(ln1, qkv, center, off)

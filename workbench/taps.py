@@ -203,7 +203,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
     sites = []
     for L, block in enumerate(get_module(model, adapter.blocks)):
         pre(block, f"blocks.{L}.hook_resid_pre")
-        norm(get_module(block, adapter.ln1), f"blocks.{L}.ln1")
+        if adapter.ln1 is not None:
+            norm(get_module(block, adapter.ln1), f"blocks.{L}.ln1")
         site = AttentionSite(*(point(f"blocks.{L}.attn.hook_{s}")
                                for s in ("q", "k", "v", "attn_scores", "pattern", "z")))
         register_site(get_module(block, adapter.attn), site)
@@ -221,8 +222,10 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         resid_post.taps = (block_post,)
         if not cfg.parallel_attn_mlp:
             mid = point(f"blocks.{L}.hook_resid_mid")
-            mid.taps = (_mid_tap(get_module(block, adapter.ln2), L, state, mid), block_post)
-        if adapter.ln2 != adapter.ln1:  # one norm feeding both (Phi, Cohere): ln1 only
+            # the MLP's input norm reads resid_mid; without one (OLMo 2), the MLP itself
+            reader = get_module(block, adapter.ln2 if adapter.ln2 is not None else adapter.mlp)
+            mid.taps = (_mid_tap(reader, L, state, mid), block_post)
+        if adapter.ln2 is not None and adapter.ln2 != adapter.ln1:  # one norm feeding both: ln1 only
             norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
         if adapter.mlp_gate is not None:
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
@@ -241,7 +244,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
 
 
 def _mid_tap(ln2: nn.Module, layer: int, state: RunState, point: HookPoint) -> Tap:
-    """Fire ``hook_resid_mid`` on ln2's input; remember a write as a delta for the block output
+    """Fire ``hook_resid_mid`` on ln2's input (or the MLP's, where no norm precedes it); remember
+    a write as a delta for the block output
     (the block adds its MLP output to the residual it kept, not to ln2's input)."""
     def fn(mod, args, kwargs):
         x, key = _first_arg(args, kwargs)

@@ -23,6 +23,7 @@ from transformers import (
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
     OlmoConfig,
     PhiConfig,
     PreTrainedTokenizerFast,
@@ -72,7 +73,7 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
                "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config,
                "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
-               "cohere": CohereConfig, "granite": GraniteConfig}
+               "cohere": CohereConfig, "granite": GraniteConfig, "olmo2": Olmo2Config}
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3")  # their configs default to 128 or 256
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
 FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi")

@@ -13,7 +13,7 @@ variant of it to ``VARIANTS`` in ``tests/conftest.py`` (and to ``workbench/toy.p
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from . import cohere, gemma, gpt2, gpt_neox, granite, llama, olmo, phi, qwen2, qwen3, starcoder2
+from . import cohere, gemma, gpt2, gpt_neox, granite, llama, olmo, olmo2, phi, qwen2, qwen3, starcoder2
 from .base import Adapter, norm_weight, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -30,6 +30,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     phi.ADAPTER,
     cohere.ADAPTER,
     granite.ADAPTER,
+    olmo2.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]

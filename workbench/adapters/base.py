@@ -30,8 +30,8 @@ class Adapter:
     blocks: str  # the ModuleList of blocks
     ln_final: str
     unembed: str
-    ln1: str  # relative to a block
-    ln2: str
+    ln1: str | None  # relative to a block; None where attention reads the residual directly (OLMo 2)
+    ln2: str | None  # likewise for the MLP
     attn: str
     mlp: str
     attn_qkv: tuple[str, ...]  # the Q/K/V projection module(s), relative to a block
