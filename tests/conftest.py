@@ -37,6 +37,10 @@ VARIANTS = {
     "granite": ("granite", {"n_kv_heads": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
                             "attention_multiplier": 0.2, "logits_scaling": 2.0}),
     "olmo2_gqa": ("olmo2", {"n_kv_heads": 2}),
+    "mixtral": ("mixtral", {"n_kv_heads": 2, "num_experts_per_tok": 2}),
+    # layer 0 dense, layer 1 sparse with a shared expert
+    "qwen2_moe": ("qwen2_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2, "mlp_only_layers": [0]}),
+    "qwen3_moe": ("qwen3_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2}),
 }
 
 

@@ -14,7 +14,8 @@ def test_hook_names_follow_the_grammar(bridge):
     assert "blocks.0.attn.hook_pattern" in names and "ln_final.hook_scale" in names
     assert ("blocks.0.hook_resid_mid" in names) == (not bridge.cfg.parallel_attn_mlp)
     assert ("hook_pos_embed" in names) == (bridge.cfg.positional_embedding_type == "standard")
-    assert ("blocks.0.mlp.hook_pre_linear" in names) == bridge.cfg.gated_mlp
+    sparse = "blocks.0.mlp.hook_router_logits" in names  # a mixture of experts: no per-expert hooks
+    assert ("blocks.0.mlp.hook_pre_linear" in names) == (bridge.cfg.gated_mlp and not sparse)
     info = bridge.hook_info("blocks.0.attn.hook_q")
     assert info.shape == ("batch", "pos", "n_heads", "d_head")
     assert info.bytes_per_token == bridge.cfg.n_heads * bridge.cfg.d_head * 4

@@ -26,7 +26,7 @@ def sharp(bridge):
     logit difference of the tokens the corruption moves most."""
     with torch.no_grad():
         for p in bridge.model.parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:  # (3-D: stacked expert weights)
                 p.mul_(4.0)
     diff = (bridge(CLEAN)[:, -1] - bridge(CORRUPTED)[:, -1]).mean(0)
     return bridge, logit_diff(bridge, int(diff.argmax()), int(diff.argmin()))

@@ -30,7 +30,7 @@ def sharpen(bridge):
     so the same entries stay clamped (else the clamp would flatten every attention pattern)."""
     with torch.no_grad():
         for p in bridge.model.parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:  # (3-D: stacked expert weights)
                 p.mul_(4.0)
     if getattr(bridge.model.config, "clip_qkv", None) is not None:
         bridge.model.config.clip_qkv *= 4.0

@@ -55,8 +55,13 @@ def test_shapes(bridge):
     for name in ("b_Q", "b_K", "b_V"):
         assert getattr(bridge, name).shape == (L, H, dh), name
     assert bridge.W_O.shape == (L, H, dh, D) and bridge.b_O.shape == (L, D)
-    assert bridge.W_in.shape == (L, D, c.d_mlp) and bridge.W_out.shape == (L, c.d_mlp, D)
-    assert bridge.b_in.shape == (L, c.d_mlp) and bridge.b_out.shape == (L, D)
+    if c.n_experts:  # one matrix per layer does not exist: the error names the expert weights
+        for name in ("W_in", "W_out", "b_in", "b_out"):
+            with pytest.raises(InputError, match="mixtures of .* experts"):
+                getattr(bridge, name)
+    else:
+        assert bridge.W_in.shape == (L, D, c.d_mlp) and bridge.W_out.shape == (L, c.d_mlp, D)
+        assert bridge.b_in.shape == (L, c.d_mlp) and bridge.b_out.shape == (L, D)
     assert bridge.b_U.shape == (c.d_vocab,)
     qk, ov = bridge.QK, bridge.OV
     assert isinstance(qk, FactoredMatrix) and qk.shape == (L, H, D, D) and ov.shape == (L, H, D, D)
@@ -99,6 +104,19 @@ def test_weights_reproduce_activations(bridge):
         close(r * post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
         ln2 = "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1"  # Phi: one norm feeds both
         x2 = cache["resid_mid", layer] if bridge.adapter.ln2 is None else norm_out(bridge, cache, ln2, layer)
+        if f"blocks.{layer}.mlp.hook_router_logits" in cache:  # a mixture of experts
+            a = bridge.adapter
+            router = bridge.model.get_submodule(f"{a.blocks}.{layer}.{a.moe_router}")
+            router_logits = x2 @ router.weight.T
+            close(router_logits, cache["router_logits", layer])
+            chosen = router_logits.softmax(-1).topk(c.experts_per_token, dim=-1).indices
+            assert torch.equal(chosen.sort(-1).values, cache["expert_indices", layer].sort(-1).values)
+            weights = cache["expert_weights", layer]  # [b, p, n_experts], 0 where not chosen
+            assert torch.equal(weights != 0, torch.zeros_like(weights, dtype=torch.bool).scatter(
+                -1, chosen, True))
+            continue
+        if c.n_experts:  # a dense layer of a mixed model (Qwen-MoE): W_in has no [L, ...] stack
+            continue
         if c.gated_mlp:
             close(x2 @ bridge.W_gate[layer], cache["pre", layer])
             close(x2 @ bridge.W_in[layer], cache["pre_linear", layer])

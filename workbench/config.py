@@ -21,7 +21,8 @@ class BridgeConfig:
     ``logit_multiplier``: the model multiplies the unembedding's output by it (Cohere's
     ``logit_scale``, Granite's ``1 / logits_scaling``); ``embed_multiplier``: the model scales
     the token embedding by it before the first block, and ``residual_multiplier``: each block
-    adds that times attention's and the MLP's outputs (Granite); ``hook_embed``,
+    adds that times attention's and the MLP's outputs (Granite); ``n_experts`` /
+    ``experts_per_token``: mixture-of-experts MLPs (0 for dense models); ``hook_embed``,
     ``hook_attn_out`` and ``hook_mlp_out`` show the scaled tensors, what the residual receives."""
 
     model_type: str
@@ -48,6 +49,8 @@ class BridgeConfig:
     logit_multiplier: float = 1.0
     embed_multiplier: float = 1.0
     residual_multiplier: float = 1.0
+    n_experts: int = 0  # mixture-of-experts MLPs: experts per layer, and experts each token uses
+    experts_per_token: int = 0
 
     def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """What the model does to the unembedding's output ``[..., d_vocab]`` before returning it

@@ -50,7 +50,13 @@ def hook_info(name: str, cfg: BridgeConfig, ungroup_kv: bool, seq_len: int) -> H
         "hook_pre": (("batch", "pos", "d_mlp"), (None, None, cfg.d_mlp)),
         "hook_pre_linear": (("batch", "pos", "d_mlp"), (None, None, cfg.d_mlp)),
         "hook_post": (("batch", "pos", "d_mlp"), (None, None, cfg.d_mlp)),
+        "hook_router_logits": (("batch", "pos", "n_experts"), (None, None, cfg.n_experts)),
+        "hook_expert_weights": (("batch", "pos", "n_experts"), (None, None, cfg.n_experts)),
+        "hook_expert_indices": (("batch", "pos", "experts_per_token"),
+                                (None, None, cfg.experts_per_token)),
     }
     shape, sizes = table.get(site, (("batch", "pos", "d_model"), (None, None, cfg.d_model)))
     itemsize = cfg.dtype.itemsize if hasattr(cfg.dtype, "itemsize") else 4
+    if site == "hook_expert_indices":  # int64 expert ids
+        itemsize = 8
     return HookInfo(name, shape, sizes, itemsize, max(1, seq_len))

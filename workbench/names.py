@@ -5,7 +5,8 @@ Canonical names::
     hook_embed, hook_pos_embed
     blocks.{L}.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out
     blocks.{L}.attn.hook_q | hook_k | hook_v | hook_z | hook_attn_scores | hook_pattern | hook_result
-    blocks.{L}.mlp.hook_pre | hook_pre_linear | hook_post
+    blocks.{L}.mlp.hook_pre | hook_pre_linear | hook_post   (dense MLPs)
+    blocks.{L}.mlp.hook_router_logits | hook_expert_weights | hook_expert_indices   (MoE MLPs)
     blocks.{L}.ln1.hook_scale | hook_normalized, blocks.{L}.ln2.hook_scale | hook_normalized
     blocks.{L}.ln1_post.hook_* , blocks.{L}.ln2_post.hook_*   (norms after attention / MLP, Gemma 2)
     ln_final.hook_scale | hook_normalized
@@ -42,6 +43,9 @@ _SHORT: dict[str, tuple[str, str]] = {
     "pre": ("mlp", "hook_pre"),
     "pre_linear": ("mlp", "hook_pre_linear"),
     "post": ("mlp", "hook_post"),
+    "router_logits": ("mlp", "hook_router_logits"),
+    "expert_weights": ("mlp", "hook_expert_weights"),
+    "expert_indices": ("mlp", "hook_expert_indices"),
 }
 _ALIASES = {
     "attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",

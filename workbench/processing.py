@@ -138,8 +138,11 @@ def _fold_norm(norm: nn.Module, readers: list[tuple[nn.Module, str]], center: bo
     w32 = None if w is None else w.detach().float() + offset
     b32 = None if b is None or not b.detach().any() else b.detach().float()
     for module, layout in readers:
-        W, _ = in_out(module, layout)
+        W = in_out(module, layout)[0] if layout is not None else module  # a raw [in, out] view
         W32 = W.float()
+        if b32 is not None and layout is None:
+            raise InputError("A norm bias cannot be folded into stacked expert weights (they have "
+                             "no bias); run without fold_ln.")
         if b32 is not None:
             bias = _bias(module, W)
             _assign(bias, bias.float() + b32.to(W.device) @ W32)
@@ -159,7 +162,12 @@ def _fold_ln(bridge: Bridge) -> None:
     center, off = a.normalization == "LN", a.norm_weight_offset
     for layer in range(bridge.cfg.n_layers):
         qkv = [(_module(bridge, p, layer), a.linear_layout) for p in a.attn_qkv]
-        mlp = [(_module(bridge, p, layer), a.linear_layout) for p in (a.mlp_in, a.mlp_gate) if p]
+        block = bridge.model.get_submodule(f"{a.blocks}.{layer}")
+        if a.moe_router is not None and _has(block, a.moe_router):  # experts: params [..., D]
+            mlp = [(p.detach().reshape(-1, p.shape[-1]).T, None)
+                   for p in (_param(block, path) for path in a.moe_readers) if p is not None]
+        else:
+            mlp = [(_module(bridge, p, layer), a.linear_layout) for p in (a.mlp_in, a.mlp_gate) if p]
         ln1 = _module(bridge, a.ln1, layer) if a.ln1 is not None else None
         ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None else None
         if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold
@@ -172,6 +180,22 @@ def _fold_ln(bridge: Bridge) -> None:
             _fold_norm(ln1, qkv, center, off)
             _fold_norm(ln2, mlp, center, off)
     _fold_norm(_module(bridge, a.ln_final), [(_module(bridge, a.unembed), "linear")], center, off)
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _param(block: nn.Module, path: str) -> torch.Tensor | None:
+    """The parameter at ``path`` in ``block`` (e.g. ``mlp.experts.gate_up_proj``), or None."""
+    owner, _, name = path.rpartition(".")
+    if not _has(block, owner):
+        return None
+    return getattr(block.get_submodule(owner), name, None)
 
 
 def _center_writing_weights(bridge: Bridge) -> None:

@@ -36,6 +36,7 @@ from torch import nn
 from .adapters import Adapter, split_out_proj
 from .attention import AttentionSite, register_site
 from .config import BridgeConfig
+from .errors import InputError
 from .hook_points import HookPoint, Tap
 
 
@@ -227,12 +228,20 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             mid.taps = (_mid_tap(reader, L, state, mid), block_post)
         if adapter.ln2 is not None and adapter.ln2 != adapter.ln1:  # one norm feeding both: ln1 only
             norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
-        if adapter.mlp_gate is not None:
+        router = _optional_module(block, adapter.moe_router)
+        if router is not None:  # a mixture of experts: routing points, no per-expert hooks
+            names = ("router_logits", "expert_indices", "expert_weights")  # the order they fire
+            r_points = [point(f"blocks.{L}.mlp.hook_{n}") for n in names]
+            tap = _router_tap(router, state, *r_points)
+            for p in r_points:
+                p.taps = (tap,)
+        elif adapter.mlp_gate is not None:
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
         else:
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre")
-        pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
+        if router is None:
+            pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
         if adapter.mlp_post_norm is not None:
             norm(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.ln2_post")
             post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out", r)
@@ -241,6 +250,59 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         points[resid_post.name] = resid_post
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites
+
+
+def _optional_module(block: nn.Module, path: str | None) -> nn.Module | None:
+    """The module at ``path`` in ``block``, or None when there is no path or no such module."""
+    if path is None:
+        return None
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _router_tap(router: nn.Module, state: RunState, logits_p: HookPoint, indices_p: HookPoint,
+                weights_p: HookPoint) -> Tap:
+    """A mixture-of-experts router returns ``(logits [N, E], weights [N, k], indices [N, k])``
+    over the ``N = batch * pos`` tokens. Fire ``hook_router_logits [b, p, E]`` and
+    ``hook_expert_indices [b, p, k]`` (read-only: the router has already chosen) and
+    ``hook_expert_weights [b, p, E]``, each expert's mixing weight, 0 for the experts not
+    chosen (as TransformerLens). It is writable for the chosen experts: their outputs are mixed
+    with the written weights; an unchosen expert cannot be given weight."""
+    def read_only(point: HookPoint, value: torch.Tensor) -> None:
+        if point.fire(value) is not value:
+            raise InputError(
+                f"{point.name} is read-only: the router chose the experts from these values "
+                "before the hook saw them, so a written value would be ignored. Write "
+                f"{weights_p.name} instead (zero an expert's weight to remove it).")
+
+    def fn(mod, args, kwargs, output):
+        logits, weights, indices = output[:3]
+        b = state.batch_size if logits.shape[0] % max(state.batch_size, 1) == 0 else 1
+
+        def as_bp(t: torch.Tensor) -> torch.Tensor:  # [N, x] -> [batch, pos, x]
+            return t.reshape(b, t.shape[0] // b, t.shape[-1])
+        if logits_p.active:
+            read_only(logits_p, as_bp(logits))
+        if indices_p.active:
+            read_only(indices_p, as_bp(indices))
+        if not weights_p.active:
+            return None
+        dense = torch.zeros_like(logits, dtype=weights.dtype).scatter(1, indices, weights)  # [N, E]
+        shown = as_bp(dense)
+        new = weights_p.fire(shown)
+        if new is shown:
+            return None
+        new = new.reshape(dense.shape)
+        unchosen = torch.ones_like(new, dtype=torch.bool).scatter(1, indices, False)
+        if bool((new[unchosen] != 0).any()):
+            raise InputError(
+                f"{weights_p.name}: a weight was written for an expert the router did not choose "
+                "for that token; only the chosen experts run (see hook_expert_indices). Write "
+                "weights only where hook_expert_indices points, or 0 elsewhere.")
+        return (logits, new.gather(1, indices), indices, *output[3:])
+    return Tap(router, "post", fn)
 
 
 def _mid_tap(ln2: nn.Module, layer: int, state: RunState, point: HookPoint) -> Tap:

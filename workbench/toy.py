@@ -23,12 +23,15 @@ from transformers import (
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Olmo2Config,
     OlmoConfig,
     PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
     Starcoder2Config,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -73,8 +76,10 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
                "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config,
                "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
-               "cohere": CohereConfig, "granite": GraniteConfig, "olmo2": Olmo2Config}
-_EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3")  # their configs default to 128 or 256
+               "cohere": CohereConfig, "granite": GraniteConfig, "olmo2": Olmo2Config,
+               "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig, "qwen3_moe": Qwen3MoeConfig}
+# their configs default to a head_dim of 128 or 256
+_EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
 FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi")
 
@@ -89,6 +94,12 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
     if family in _LLAMA_LIKE:
         if family in _EXPLICIT_HEAD_DIM:
             extra.setdefault("head_dim", d_model // n_heads)
+        if family == "mixtral":
+            extra.setdefault("num_local_experts", 4)
+        if family in ("qwen2_moe", "qwen3_moe"):
+            extra.setdefault("num_experts", 4)
+            extra.setdefault("moe_intermediate_size", d_model)
+            extra.setdefault("shared_expert_intermediate_size", d_model)
         if family in ("gemma2", "gemma3"):
             extra.setdefault("query_pre_attn_scalar", extra["head_dim"])
         return _LLAMA_LIKE[family](

@@ -103,6 +103,16 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
     if path is None:
         raise InputError(f"{what} exists only on gated MLPs; this {bridge.cfg.model_type} model's MLP "
                          "is not gated. Use W_in.")
+    a = bridge.adapter
+    if a.moe_router is not None and path in (a.mlp_in, a.mlp_gate, a.mlp_out):
+        blocks = bridge.model.get_submodule(a.blocks)
+        sparse = [L for L in range(bridge.cfg.n_layers) if _has(blocks[L], a.moe_router)]
+        if sparse:
+            raise InputError(
+                f"{what} is one matrix per layer, but the MLPs of layers {sparse} are mixtures of "
+                f"{bridge.cfg.n_experts} experts. Read the stacked expert weights from the model: "
+                f"{a.blocks}.<layer>.mlp.experts (gate_up_proj [experts, 2 * d_mlp, d_model], "
+                "down_proj [experts, d_model, d_mlp]).")
 
     def one(layer: int) -> torch.Tensor:
         w, b = in_out(_block(bridge, layer, path), bridge.adapter.linear_layout)
@@ -110,6 +120,14 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
             return w
         return b if b is not None else w.new_zeros(w.shape[1])
     return _stack(bridge, one)
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _W_O(bridge: Bridge) -> torch.Tensor:

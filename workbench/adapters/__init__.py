@@ -13,7 +13,21 @@ variant of it to ``VARIANTS`` in ``tests/conftest.py`` (and to ``workbench/toy.p
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from . import cohere, gemma, gpt2, gpt_neox, granite, llama, olmo, olmo2, phi, qwen2, qwen3, starcoder2
+from . import (
+    cohere,
+    gemma,
+    gpt2,
+    gpt_neox,
+    granite,
+    llama,
+    moe,
+    olmo,
+    olmo2,
+    phi,
+    qwen2,
+    qwen3,
+    starcoder2,
+)
 from .base import Adapter, norm_weight, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -31,6 +45,9 @@ ADAPTERS: tuple[Adapter, ...] = (
     cohere.ADAPTER,
     granite.ADAPTER,
     olmo2.ADAPTER,
+    moe.MIXTRAL,
+    moe.QWEN2_MOE,
+    moe.QWEN3_MOE,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]

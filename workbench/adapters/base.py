@@ -55,6 +55,13 @@ class Adapter:
     mlp_post_norm: str | None = None
     # RMSNorms that scale by ``offset + weight`` (Gemma's ``1 + weight``; stored weights near 0)
     norm_weight_offset: float = 0.0
+    # mixture-of-experts MLPs (relative to a block): the router module, returning
+    # ``(router_logits [N, E], weights [N, k], indices [N, k])`` over the N = batch * pos tokens;
+    # a layer is sparse when it has this module (Qwen-MoE mixes dense and sparse layers).
+    # ``moe_readers``: every parameter that reads the MLP's input, its last dim the input (where
+    # ln2's weight folds)
+    moe_router: str | None = None
+    moe_readers: tuple[str, ...] = ()
 
 
 def norm_weight(adapter: Adapter, module) -> Any:
