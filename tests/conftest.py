@@ -41,6 +41,7 @@ VARIANTS = {
     # layer 0 dense, layer 1 sparse with a shared expert
     "qwen2_moe": ("qwen2_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2, "mlp_only_layers": [0]}),
     "qwen3_moe": ("qwen3_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2}),
+    "phi3_partial_rotary": ("phi3", {"n_kv_heads": 2, "partial_rotary_factor": 0.5}),
 }
 
 

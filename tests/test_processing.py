@@ -82,6 +82,11 @@ def randomise(bridge, seed: int = 0) -> None:
                 v = bridge.model.get_submodule(f"{a.blocks}.{i}.{a.attn_qkv[2]}")
                 if v.bias is None:
                     v.bias = nn.Parameter(0.2 * torch.randn(v.out_features, generator=g))
+        elif a.linear_layout == "linear":  # Phi-3: one fused Q/K/V Linear without bias; give it one
+            for i in range(c.n_layers):
+                qkv = bridge.model.get_submodule(f"{a.blocks}.{i}.{a.attn_qkv[0]}")
+                if qkv.bias is None:
+                    qkv.bias = nn.Parameter(0.2 * torch.randn(qkv.out_features, generator=g))
 
 
 @pytest.fixture

@@ -167,7 +167,8 @@ def _fold_ln(bridge: Bridge) -> None:
             mlp = [(p.detach().reshape(-1, p.shape[-1]).T, None)
                    for p in (_param(block, path) for path in a.moe_readers) if p is not None]
         else:
-            mlp = [(_module(bridge, p, layer), a.linear_layout) for p in (a.mlp_in, a.mlp_gate) if p]
+            paths = dict.fromkeys(p for p in (a.mlp_in, a.mlp_gate) if p)  # Phi-3: one fused module
+            mlp = [(_module(bridge, p, layer), a.linear_layout) for p in paths]
         ln1 = _module(bridge, a.ln1, layer) if a.ln1 is not None else None
         ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None else None
         if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold

@@ -235,6 +235,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             tap = _router_tap(router, state, *r_points)
             for p in r_points:
                 p.taps = (tap,)
+        elif adapter.mlp_fused_gate_up:
+            gate_p, up_p = point(f"blocks.{L}.mlp.hook_pre"), point(f"blocks.{L}.mlp.hook_pre_linear")
+            gate_p.taps = up_p.taps = (_halves_tap(get_module(block, adapter.mlp_in), gate_p, up_p),)
         elif adapter.mlp_gate is not None:
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
@@ -250,6 +253,18 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         points[resid_post.name] = resid_post
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites
+
+
+def _halves_tap(module: nn.Module, first: HookPoint, second: HookPoint) -> Tap:
+    """A projection whose output is ``[first half | second half]`` (Phi-3's fused gate and up):
+    fire each half ``[b, p, d_mlp]`` on its own point; a write rebuilds the output."""
+    def fn(mod, args, kwargs, output):
+        a, b = output.chunk(2, dim=-1)
+        new_a, new_b = first.fire(a), second.fire(b)
+        if new_a is a and new_b is b:
+            return None
+        return torch.cat([new_a, new_b], dim=-1)
+    return Tap(module, "post", fn)
 
 
 def _optional_module(block: nn.Module, path: str | None) -> nn.Module | None:

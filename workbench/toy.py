@@ -26,6 +26,7 @@ from transformers import (
     MixtralConfig,
     Olmo2Config,
     OlmoConfig,
+    Phi3Config,
     PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -77,7 +78,8 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
                "qwen3": Qwen3Config, "olmo": OlmoConfig, "starcoder2": Starcoder2Config,
                "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
                "cohere": CohereConfig, "granite": GraniteConfig, "olmo2": Olmo2Config,
-               "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig, "qwen3_moe": Qwen3MoeConfig}
+               "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig, "qwen3_moe": Qwen3MoeConfig,
+               "phi3": Phi3Config}
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)

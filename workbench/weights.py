@@ -116,6 +116,9 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
 
     def one(layer: int) -> torch.Tensor:
         w, b = in_out(_block(bridge, layer, path), bridge.adapter.linear_layout)
+        if a.mlp_fused_gate_up and path == a.mlp_in:  # [in, gate | up]: W_gate, then W_in
+            half = slice(None, w.shape[1] // 2) if what.endswith("gate") else slice(w.shape[1] // 2, None)
+            w, b = w[:, half], (b[half] if b is not None else None)
         if not bias:
             return w
         return b if b is not None else w.new_zeros(w.shape[1])

@@ -24,6 +24,7 @@ from . import (
     olmo,
     olmo2,
     phi,
+    phi3,
     qwen2,
     qwen3,
     starcoder2,
@@ -48,6 +49,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     moe.MIXTRAL,
     moe.QWEN2_MOE,
     moe.QWEN3_MOE,
+    phi3.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]

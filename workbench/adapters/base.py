@@ -62,6 +62,9 @@ class Adapter:
     # ln2's weight folds)
     moe_router: str | None = None
     moe_readers: tuple[str, ...] = ()
+    # one projection computes the gate and the up halves, output ``[gate (d_mlp) | up (d_mlp)]``
+    # (Phi-3's gate_up_proj); mlp_in and mlp_gate then both name it
+    mlp_fused_gate_up: bool = False
 
 
 def norm_weight(adapter: Adapter, module) -> Any:
