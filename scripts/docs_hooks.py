@@ -294,6 +294,46 @@ def _positions(adapter, cfg: dict) -> str:
     return f"rotary ({cfg['rotary_dim']} of {cfg['d_head']} dims)"
 
 
+SUPPORT_RESULTS = ROOT / "docs" / "support_results.json"
+
+
+def _cell(outcomes: list[set[str]], note: str = "") -> str:
+    """One family's cell from its variants' outcome sets: ✓ when every variant passed (skips
+    allowed), ✗ when one failed, "skipped" when none ran."""
+    if not outcomes:
+        return "not run yet"
+    every = set().union(*outcomes)
+    mark = "✗" if "failed" in every else "✓" if "passed" in every else "skipped"
+    return f"{mark} {note}".strip()
+
+
+def results_table(results: dict, by_family: dict[str, list[str]], facts: dict[str, dict]) -> list[str]:
+    """The support table: one row per family, one column per group of tests (see
+    ``SUPPORT_COLUMNS`` in tests/conftest.py), from a full test run's outcomes."""
+    cols = ["parity", "attention internals", "grouped-query", "hook_result", "MLP hooks",
+            "weight processing", "generation", "TransformerLens"]
+    rows = ["| family | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for family, vids in by_family.items():
+        def outcomes(col, vs=vids):
+            return [set(results[col][v]) for v in vs if v in results.get(col, {})]
+        kinds = sorted({facts[v]["attention"] for v in vids if facts[v]["attention"] != "MHA"})
+        gqa_vids = [v for v in vids if facts[v]["attention"] != "MHA"]
+        mlp = ("experts" if any(facts[v]["experts"] for v in vids)
+               else "gated" if all(facts[v]["gated"] for v in vids) else "")
+        cells = [
+            _cell(outcomes("parity")),
+            _cell(outcomes("attention internals")),
+            _cell(outcomes("parity", gqa_vids), "/".join(kinds)) if gqa_vids else "MHA only",
+            _cell(outcomes("hook_result")),
+            _cell(outcomes("MLP hooks"), mlp),
+            _cell(outcomes("weight processing")),
+            _cell(outcomes("generation")),
+            _cell(outcomes("TransformerLens")),
+        ]
+        rows.append(f"| `{family}` | " + " | ".join(cells) + " |")
+    return rows
+
+
 def support_table() -> str:
     """The support page's tables (markdown), derived from the tests and the adapters."""
     from workbench.adapters import ADAPTERS, adapter_for
@@ -302,12 +342,16 @@ def support_table() -> str:
     variants = load_variants()
     modules = variant_test_modules()
     by_family: dict[str, list[str]] = {}
+    facts: dict[str, dict] = {}
     rows = []
     for vid, (family, kw) in variants.items():
         config = tiny_config(family, **kw)
         adapter = adapter_for(config.model_type)
         cfg = adapter.read_config(config)
         by_family.setdefault(adapter.family, []).append(vid)
+        kv, h = cfg["n_kv_heads"], cfg["n_heads"]
+        facts[vid] = {"attention": "MHA" if kv == h else "MQA" if kv == 1 else "GQA",
+                      "gated": cfg["gated_mlp"], "experts": bool(cfg.get("n_experts"))}
         rows.append(
             f"| `{vid}` | `{adapter.family}` | {_attention(adapter, cfg, config)} | "
             f"{_positions(adapter, cfg)} | "
@@ -328,7 +372,20 @@ def support_table() -> str:
         )
     n_tests = sum(len(m.tests) for m in modules)
     mod_rows = [f"| `tests/{m.name}` | {len(m.tests)} | {m.summary} |" for m in modules]
+    if SUPPORT_RESULTS.exists():
+        results = json.loads(SUPPORT_RESULTS.read_text())["results"]
+        support = ["### Support", "",
+                   "From the last full test run (`make test` writes `docs/support_results.json`): "
+                   "✓ every variant of the family passed those tests, ✗ one failed, *skipped* "
+                   "none ran (TransformerLens not installed, or without this family).", "",
+                   *results_table(results, by_family, facts), ""]
+    else:
+        log.warning("%s is missing: run `make test` once to generate the support table",
+                    SUPPORT_RESULTS.name)
+        support = ["### Support", "", "Run `make test` once: it writes the results this table "
+                   "is made from.", ""]
     return "\n".join([
+        *support,
         "### Families",
         "",
         "| family | `config.model_type` | test variants | weight layout | positions |",

@@ -1,4 +1,6 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +110,52 @@ def comm(monkeypatch):
 
     monkeypatch.setattr(comm_pkg, "create_comm", lambda **kw: RecordingComm(**kw))
     return RecordingComm
+
+
+# -- the support table's results -----------------------------------------------------------------
+# docs/support.md's support table is generated from these tests' outcomes per variant, recorded
+# here whenever a run covers every (test, variant) pair (a full `make test`), and rendered by
+# scripts/docs_hooks.py. Nothing in the table is written by hand.
+SUPPORT_COLUMNS = {
+    "parity": ["test_parity.py::test_logits_and_residuals_equal_hf_eager",
+               "test_parity.py::test_padding_equivalence_left_and_right"],
+    "attention internals": ["test_patterns.py::test_equals_cache_and_hf_eager",
+                            "test_weights.py::test_weights_reproduce_activations",
+                            "test_hooks.py::test_writes_change_downstream"],
+    "hook_result": ["test_parity.py::test_residual_identities"],
+    "MLP hooks": ["test_weights.py::test_weights_reproduce_activations",
+                  "test_hooks.py::test_writes_change_downstream"],
+    "weight processing": ["test_processing.py::test_outputs_preserved",
+                          "test_processing.py::test_fold_ln"],
+    "generation": ["test_parity.py::test_generation_with_cache_equals_hf_eager"],
+    "TransformerLens": ["test_transformer_lens_oracle.py::test_every_hook_matches_transformer_lens"],
+}
+SUPPORT_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "support_results.json"
+_outcomes: dict[tuple[str, str], list[str]] = {}
+
+
+def pytest_runtest_logreport(report):
+    path, _, rest = report.nodeid.partition("::")
+    func, _, params = rest.partition("[")
+    key = f"{path.rsplit('/', 1)[-1]}::{func}"
+    if not params or not any(key in tests for tests in SUPPORT_COLUMNS.values()):
+        return
+    variant = params.rstrip("]").split("-")[0]
+    if variant not in VARIANTS:
+        return
+    if report.when == "call" or report.outcome != "passed":  # setup errors and skips count too
+        _outcomes.setdefault((key, variant), []).append(report.outcome)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    wanted = {(t, v) for tests in SUPPORT_COLUMNS.values() for t in tests for v in VARIANTS}
+    if not wanted <= _outcomes.keys():
+        return  # a partial run: keep the last full run's results
+
+    def one(outcomes: list[str]) -> str:
+        return ("failed" if "failed" in outcomes else "passed" if "passed" in outcomes else "skipped")
+    results = {col: {v: sorted({one(_outcomes[t, v]) for t in tests}) for v in VARIANTS}
+               for col, tests in SUPPORT_COLUMNS.items()}
+    text = json.dumps({"columns": SUPPORT_COLUMNS, "results": results}, indent=1, sort_keys=True) + "\n"
+    if not SUPPORT_RESULTS.exists() or SUPPORT_RESULTS.read_text() != text:
+        SUPPORT_RESULTS.write_text(text)

@@ -75,6 +75,22 @@ def test_loss_matches_manual_cross_entropy(bridge):
     assert bridge(tokens, return_type="loss", loss_per_token=True).shape == (1, tokens.shape[1] - 1)
 
 
+def test_generation_with_cache_equals_hf_eager(bridge, hf_eager):
+    """Greedy decoding with HF's key-value cache through the wrapped model, with a hook forcing
+    the bridge's hooked attention path on every step, gives HF eager's tokens."""
+    tokens = bridge.to_tokens(PROMPT[:24])
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        ref = hf_eager.generate(tokens, **kw)
+        queries = []
+        with bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern",
+                                      lambda t, hook: queries.append(t.shape[-2]))]):
+            out = bridge.model.generate(tokens, **kw)
+    assert torch.equal(out, ref)
+    assert queries[0] == tokens.shape[1] and set(queries[1:]) == {1}  # then one query per step
+    assert no_torch_hooks(bridge.model)
+
+
 def test_stop_at_layer_returns_residual(bridge):
     _, cache = bridge.run_with_cache(PROMPT)  # eager attention; the plain run uses SDPA
     close(bridge(PROMPT, stop_at_layer=1), cache["resid_pre", 1], 1e-5)
