@@ -44,6 +44,7 @@ VARIANTS = {
     "qwen2_moe": ("qwen2_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2, "mlp_only_layers": [0]}),
     "qwen3_moe": ("qwen3_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2}),
     "phi3_partial_rotary": ("phi3", {"n_kv_heads": 2, "partial_rotary_factor": 0.5}),
+    "opt": ("opt", {}),
 }
 
 

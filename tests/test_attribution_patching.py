@@ -36,7 +36,8 @@ def identity_final_norm(bridge):
 
 def zero_last_mlp(bridge):
     with torch.no_grad():
-        for p in bridge.model.get_submodule(bridge.adapter.blocks)[-1].mlp.parameters():
+        last = bridge.model.get_submodule(bridge.adapter.blocks)[-1]
+        for p in last.get_submodule(bridge.adapter.mlp).parameters():
             p.zero_()
     return bridge
 

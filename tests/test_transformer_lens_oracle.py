@@ -10,6 +10,9 @@ On OLMo with ``clip_qkv``, our ``hook_v`` is what the attention function receive
 TL's is the projection's output (before the clamp; TL has no hook after it), so ours is compared
 with TL's clamped. On mixture-of-experts models TL's router hooks are flat over the tokens
 (``[batch * pos, ...]``) and ours are ``[batch, pos, ...]``, so TL's are reshaped before comparing.
+TL 4.x's OPT bridge stores the post-softmax pattern under ``hook_attn_scores``; there it is
+compared with our ``hook_pattern`` (ours is the pre-softmax scores, as on every family); and TL's
+points in OPT's MLP half are flat too.
 """
 
 import pytest
@@ -59,13 +62,17 @@ def test_every_hook_matches_transformer_lens(pair):
             missing.append(name)
             continue
         a, b = tl_cache[tl_name], our_cache[name]
-        if name.endswith(("hook_router_logits", "hook_expert_indices", "hook_expert_weights")) \
+        flat = ours.adapter.mlp_flat_rows and (".ln2." in name or ".mlp." in name or "mlp_out" in name
+                                               or "resid_mid" in name)
+        if (flat or name.endswith(("hook_router_logits", "hook_expert_indices", "hook_expert_weights"))) \
                 and a.numel() == b.numel():
-            a = a.reshape(b.shape)  # TL keeps the router's flat [batch * pos, ...]; ours [batch, pos, ...]
+            a = a.reshape(b.shape)  # TL keeps these flat [batch * pos, ...] (MoE routers, OPT's MLP half)
         assert a.shape == b.shape, (name, tuple(a.shape), tuple(b.shape))
         if ours.cfg.clip_qkv is not None and name.endswith("attn.hook_v"):
             a = a.clamp(-ours.cfg.clip_qkv, ours.cfg.clip_qkv)
-        if name.endswith("hook_attn_scores"):
+        if name.endswith("hook_attn_scores") and ours.cfg.model_type == "opt":
+            b = our_cache[name.replace("hook_attn_scores", "hook_pattern")]  # TL's holds the pattern
+        elif name.endswith("hook_attn_scores"):
             n = b.shape[-1]
             causal = torch.ones(n, n, dtype=torch.bool).tril()
             assert torch.isneginf(b[..., ~causal]).all(), name

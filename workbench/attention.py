@@ -43,6 +43,9 @@ class AttentionSite:
     pattern: HookPoint
     z: HookPoint
     ungroup_kv: bool = False  # show K/V hooks per query head
+    # the module multiplied the queries by this before the call (OPT's d_head ** -0.5, with
+    # scaling=1): hook_q shows them divided back, the projection's output
+    q_prescale: float | None = None
 
     def wants_internals(self) -> bool:
         return (self.q.active or self.k.active or self.v.active or self.scores.active
@@ -115,8 +118,13 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
 
-    if site.q.active:
+    if site.q.active and site.q_prescale is None:
         query = site.q.fire(query.transpose(1, 2)).transpose(1, 2)
+    elif site.q.active:  # shown as the projection's output; used scaled again (exact if unwritten)
+        shown = query.transpose(1, 2) / site.q_prescale
+        new = site.q.fire(shown)
+        if new is not shown or site.q.bwd:
+            query = (new * site.q_prescale).transpose(1, 2)
     if site.ungroup_kv and groups > 1 and (site.k.active or site.v.active):
         key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
         groups = 1

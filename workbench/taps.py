@@ -38,6 +38,7 @@ from .attention import AttentionSite, register_site
 from .config import BridgeConfig
 from .errors import InputError
 from .hook_points import HookPoint, Tap
+from .names import parse
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunState:
 
     mid_delta: dict[int, torch.Tensor] = field(default_factory=dict)
     batch_size: int = 1
+    block_rows: dict[int, int] = field(default_factory=dict)  # rows each block received
 
     def clear(self) -> None:
         self.mid_delta.clear()
@@ -182,18 +184,28 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         points[name] = p = HookPoint(name)
         return p
 
-    def post(module, name, multiplier=1.0):
-        p = point(name)
-        p.taps = (_post_tap(module, p, multiplier),)
+    flat_points: list[HookPoint] = []
 
-    def pre(module, name):
-        p = point(name)
-        p.taps = (_pre_tap(module, p),)
+    def seen(p: HookPoint, flat: bool):
+        if not flat:
+            return p
+        flat_points.append(p)
+        return _Rows(p, state, int(parse(p.name).layer))
 
-    def norm(module, prefix):
+    def post(module, name, multiplier=1.0, flat=False):
+        p = point(name)
+        p.taps = (_post_tap(module, seen(p, flat), multiplier),)
+
+    def pre(module, name, flat=False):
+        p = point(name)
+        p.taps = (_pre_tap(module, seen(p, flat)),)
+
+    def norm(module, prefix, flat=False):
         s, n = point(f"{prefix}.hook_scale"), point(f"{prefix}.hook_normalized")
         s.taps = n.taps = (_norm_tap(module, cfg.normalization_type, _norm_eps(module, cfg.eps),
-                                     adapter.norm_weight_offset, s, n),)
+                                     adapter.norm_weight_offset, seen(s, flat), seen(n, flat)),)
+
+    flat = adapter.mlp_flat_rows
 
     post(get_module(model, adapter.embed), "hook_embed", cfg.embed_multiplier)
     r = cfg.residual_multiplier
@@ -207,7 +219,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if adapter.ln1 is not None:
             norm(get_module(block, adapter.ln1), f"blocks.{L}.ln1")
         site = AttentionSite(*(point(f"blocks.{L}.attn.hook_{s}")
-                               for s in ("q", "k", "v", "attn_scores", "pattern", "z")))
+                               for s in ("q", "k", "v", "attn_scores", "pattern", "z")),
+                             q_prescale=cfg.d_head ** -0.5 if adapter.queries_prescaled else None)
         register_site(get_module(block, adapter.attn), site)
         sites.append(site)
         result = point(f"blocks.{L}.attn.hook_result")
@@ -225,9 +238,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             mid = point(f"blocks.{L}.hook_resid_mid")
             # the MLP's input norm reads resid_mid; without one (OLMo 2), the MLP itself
             reader = get_module(block, adapter.ln2 if adapter.ln2 is not None else adapter.mlp)
-            mid.taps = (_mid_tap(reader, L, state, mid), block_post)
+            mid.taps = (_mid_tap(reader, L, state, seen(mid, flat)), block_post)
         if adapter.ln2 is not None and adapter.ln2 != adapter.ln1:  # one norm feeding both: ln1 only
-            norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2")
+            norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2", flat)
         router = _optional_module(block, adapter.moe_router)
         if router is not None:  # a mixture of experts: routing points, no per-expert hooks
             names = ("router_logits", "expert_indices", "expert_weights")  # the order they fire
@@ -242,17 +255,52 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
         else:
-            post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre")
+            post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre", flat=flat)
         if router is None:
-            pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post")
+            pre(get_module(block, adapter.mlp_out), f"blocks.{L}.mlp.hook_post", flat)
         if adapter.mlp_post_norm is not None:
             norm(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.ln2_post")
             post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out", r)
         else:
-            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out", r)
+            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out", r, flat)
         points[resid_post.name] = resid_post
+        if flat_points:  # they need the block's batch rows: record them at the block's input
+            rows = _rows_tap(block, L, state)
+            for p in flat_points:
+                p.taps = (rows, *p.taps)
+            flat_points.clear()
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites
+
+
+def _rows_tap(block: nn.Module, layer: int, state: RunState) -> Tap:
+    """Record the batch rows of the block's input (the patch engine varies them per layer)."""
+    def fn(mod, args, kwargs):
+        state.block_rows[layer] = _first_arg(args, kwargs)[0].shape[0]
+    return Tap(block, "pre", fn)
+
+
+class _Rows:
+    """A hook point seen through a flattening: the module sees ``[batch * pos, ...]`` (OPT's MLP
+    half of the block), the point shows ``[batch, pos, ...]`` (batch: the rows the block
+    received); a write is flattened back."""
+
+    def __init__(self, point: HookPoint, state: RunState, layer: int) -> None:
+        self.point, self.state, self.layer = point, state, layer
+
+    @property
+    def bwd(self):
+        return self.point.bwd
+
+    def fire(self, value: torch.Tensor) -> torch.Tensor:
+        if value.dim() != 2:
+            return self.point.fire(value)
+        b = self.state.block_rows.get(self.layer, self.state.batch_size)
+        shown = value.reshape(b, value.shape[0] // b, value.shape[1])
+        new = self.point.fire(shown)
+        if new is shown and not self.point.bwd:
+            return value
+        return new.reshape(value.shape)  # (through ``shown``, so backward functions fire)
 
 
 def _halves_tap(module: nn.Module, first: HookPoint, second: HookPoint) -> Tap:
@@ -341,7 +389,7 @@ def _block_post_tap(block: nn.Module, layer: int, state: RunState, point: HookPo
         new = value
         delta = state.mid_delta.pop(layer, None)
         if delta is not None:
-            new = new + delta
+            new = new + delta.reshape(new.shape)  # (OPT's MLP half sees flattened rows)
         new = point.fire(new)
         return None if new is value else _replace_output(output, new)
     return Tap(block, "post", fn)

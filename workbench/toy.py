@@ -26,6 +26,7 @@ from transformers import (
     MixtralConfig,
     Olmo2Config,
     OlmoConfig,
+    OPTConfig,
     Phi3Config,
     PhiConfig,
     PreTrainedTokenizerFast,
@@ -83,7 +84,7 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
-FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi")
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
@@ -115,6 +116,11 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
                              num_attention_heads=n_heads, intermediate_size=4 * d_model,
                              vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
                              eos_token_id=0, **extra)
+    if family == "opt":
+        return OPTConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                         ffn_dim=4 * d_model, vocab_size=vocab, max_position_embeddings=128,
+                         word_embed_proj_dim=d_model, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+                         **extra)
     if family == "phi":
         extra.setdefault("partial_rotary_factor", 0.5)
         return PhiConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,

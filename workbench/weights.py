@@ -144,7 +144,8 @@ def _W_pos(bridge: Bridge) -> torch.Tensor:
         raise InputError(f"This {bridge.cfg.model_type} model uses {bridge.cfg.positional_embedding_type} "
                          "positions applied inside attention; it has no W_pos. Positions enter "
                          "through W_Q/W_K after rotation (see hook_q/hook_k).")
-    return bridge.model.get_submodule(bridge.adapter.pos_embed).weight.detach()
+    # OPT keeps 2 rows before position 0
+    return bridge.model.get_submodule(bridge.adapter.pos_embed).weight.detach()[bridge.adapter.pos_offset:]
 
 
 def _b_U(bridge: Bridge) -> torch.Tensor:

@@ -23,6 +23,7 @@ from . import (
     moe,
     olmo,
     olmo2,
+    opt,
     phi,
     phi3,
     qwen2,
@@ -50,6 +51,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     moe.QWEN2_MOE,
     moe.QWEN3_MOE,
     phi3.ADAPTER,
+    opt.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]

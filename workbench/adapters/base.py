@@ -65,6 +65,14 @@ class Adapter:
     # one projection computes the gate and the up halves, output ``[gate (d_mlp) | up (d_mlp)]``
     # (Phi-3's gate_up_proj); mlp_in and mlp_gate then both name it
     mlp_fused_gate_up: bool = False
+    # the block flattens the residual to [batch * pos, d_model] before the MLP's norm (OPT): the
+    # hook points of that half reshape to [batch, pos, ...]
+    mlp_flat_rows: bool = False
+    # rows of the learned position embedding before position 0 (OPT's offset of 2)
+    pos_offset: int = 0
+    # the attention module multiplies queries by d_head ** -0.5 itself and calls the attention
+    # function with scaling 1 (OPT): hook_q is shown divided back, as the projection's output
+    queries_prescaled: bool = False
 
 
 def norm_weight(adapter: Adapter, module) -> Any:
