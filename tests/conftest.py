@@ -45,6 +45,9 @@ VARIANTS = {
     "qwen3_moe": ("qwen3_moe", {"n_kv_heads": 2, "num_experts_per_tok": 2}),
     "phi3_partial_rotary": ("phi3", {"n_kv_heads": 2, "partial_rotary_factor": 0.5}),
     "opt": ("opt", {}),
+    "stablelm_qk_norm": ("stablelm", {"n_kv_heads": 2, "qk_layernorm": True, "use_qkv_bias": True,
+                                      "partial_rotary_factor": 0.25}),
+    "stablelm_parallel": ("stablelm", {"use_parallel_residual": True}),
 }
 
 

@@ -30,11 +30,14 @@ def between_projection_and_rotary(bridge, layer: int, key: str, t: torch.Tensor)
         path = norms["qk".index(key)]
         if any(name == path for name, _ in block.named_modules()):  # a config may turn them off
             norm = block.get_submodule(path)
-            w, (b, p, heads, d) = norm.weight, t.shape
+            b, p, heads, d = t.shape
             n_own = bridge.cfg.n_heads if key == "q" else bridge.cfg.n_kv_heads
             g = heads // n_own  # t has one K per query head; the norm sees the K heads
             t = t[:, :, ::g]
-            if w.ndim == 1 and w.numel() != d:  # OLMo 2: one norm over all heads together
+            w = getattr(norm, "weight", None)
+            if w is None:  # StableLM: one LayerNorm module per head (norm.norms)
+                t = torch.stack([n(t[:, :, h]) for h, n in enumerate(norm.norms)], dim=2)
+            elif w.ndim == 1 and w.numel() != d:  # OLMo 2: one norm over all heads together
                 t = norm(t.reshape(b, p, -1)).reshape(b, p, n_own, d)
             else:  # per head (Qwen3 [d_head]; Cohere a weight per head [heads, d_head])
                 t = norm(t)
@@ -102,7 +105,8 @@ def test_weights_reproduce_activations(bridge):
         attn_out = torch.einsum("bphe,hed->bpd", cache["z", layer], bridge.W_O[layer]) + bridge.b_O[layer]
         r = c.residual_multiplier  # Granite scales what attention and the MLP write
         close(r * post_norm(bridge, layer, bridge.adapter.attn_post_norm, attn_out), cache["attn_out", layer])
-        ln2 = "ln2" if bridge.adapter.ln2 != bridge.adapter.ln1 else "ln1"  # Phi: one norm feeds both
+        # Phi, parallel StableLM: one norm feeds both, hooked as ln1
+        ln2 = "ln2" if f"blocks.{layer}.ln2.hook_scale" in bridge.hook_names() else "ln1"
         x2 = cache["resid_mid", layer] if bridge.adapter.ln2 is None else norm_out(bridge, cache, ln2, layer)
         if f"blocks.{layer}.mlp.hook_router_logits" in cache:  # a mixture of experts
             a = bridge.adapter

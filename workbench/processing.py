@@ -170,7 +170,9 @@ def _fold_ln(bridge: Bridge) -> None:
             paths = dict.fromkeys(p for p in (a.mlp_in, a.mlp_gate) if p)  # Phi-3: one fused module
             mlp = [(_module(bridge, p, layer), a.linear_layout) for p in paths]
         ln1 = _module(bridge, a.ln1, layer) if a.ln1 is not None else None
-        ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None else None
+        ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None and _has(block, a.ln2) else None
+        if ln2 is None and ln1 is not None and bridge.cfg.parallel_attn_mlp:
+            ln2 = ln1  # parallel StableLM: one norm feeds both
         if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold
             for norm, readers in ((ln1, qkv), (ln2, mlp)):
                 if norm is not None:

@@ -237,10 +237,11 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if not cfg.parallel_attn_mlp:
             mid = point(f"blocks.{L}.hook_resid_mid")
             # the MLP's input norm reads resid_mid; without one (OLMo 2), the MLP itself
-            reader = get_module(block, adapter.ln2 if adapter.ln2 is not None else adapter.mlp)
+            reader = _optional_module(block, adapter.ln2) or get_module(block, adapter.mlp)
             mid.taps = (_mid_tap(reader, L, state, seen(mid, flat)), block_post)
-        if adapter.ln2 is not None and adapter.ln2 != adapter.ln1:  # one norm feeding both: ln1 only
-            norm(get_module(block, adapter.ln2), f"blocks.{L}.ln2", flat)
+        ln2 = _optional_module(block, adapter.ln2) if adapter.ln2 != adapter.ln1 else None
+        if ln2 is not None:  # one norm feeding both (Phi; parallel StableLM has no ln2): ln1 only
+            norm(ln2, f"blocks.{L}.ln2", flat)
         router = _optional_module(block, adapter.moe_router)
         if router is not None:  # a mixture of experts: routing points, no per-expert hooks
             names = ("router_logits", "expert_indices", "expert_weights")  # the order they fire

@@ -34,6 +34,7 @@ from transformers import (
     Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
+    StableLmConfig,
     Starcoder2Config,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -80,7 +81,7 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
                "gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
                "cohere": CohereConfig, "granite": GraniteConfig, "olmo2": Olmo2Config,
                "mixtral": MixtralConfig, "qwen2_moe": Qwen2MoeConfig, "qwen3_moe": Qwen3MoeConfig,
-               "phi3": Phi3Config}
+               "phi3": Phi3Config, "stablelm": StableLmConfig}
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)

@@ -28,6 +28,7 @@ from . import (
     phi3,
     qwen2,
     qwen3,
+    stablelm,
     starcoder2,
 )
 from .base import Adapter, norm_weight, split_out_proj
@@ -52,6 +53,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     moe.QWEN3_MOE,
     phi3.ADAPTER,
     opt.ADAPTER,
+    stablelm.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]
