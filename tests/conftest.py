@@ -48,6 +48,7 @@ VARIANTS = {
     "stablelm_qk_norm": ("stablelm", {"n_kv_heads": 2, "qk_layernorm": True, "use_qkv_bias": True,
                                       "partial_rotary_factor": 0.25}),
     "stablelm_parallel": ("stablelm", {"use_parallel_residual": True}),
+    "gptj": ("gptj", {}),
 }
 
 

@@ -10,7 +10,7 @@ On OLMo with ``clip_qkv``, our ``hook_v`` is what the attention function receive
 TL's is the projection's output (before the clamp; TL has no hook after it), so ours is compared
 with TL's clamped. On mixture-of-experts models TL's router hooks are flat over the tokens
 (``[batch * pos, ...]``) and ours are ``[batch, pos, ...]``, so TL's are reshaped before comparing.
-TL 4.x's OPT bridge stores the post-softmax pattern under ``hook_attn_scores``; there it is
+TL 4.x's OPT and GPT-J bridges store the post-softmax pattern under ``hook_attn_scores``; there it is
 compared with our ``hook_pattern`` (ours is the pre-softmax scores, as on every family); and TL's
 points in OPT's MLP half are flat too.
 """
@@ -26,6 +26,7 @@ from workbench import Bridge  # noqa: E402
 TOKENS = torch.tensor([[0, 5, 17, 40, 22, 8, 60, 33, 12, 90],
                        [0, 44, 3, 71, 9, 9, 15, 80, 26, 51]])
 TOL = 1e-4
+TL_SCORES_ARE_PATTERN = ("opt", "gptj")  # TL 4.x puts the softmaxed pattern under hook_attn_scores
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_every_hook_matches_transformer_lens(pair):
         assert a.shape == b.shape, (name, tuple(a.shape), tuple(b.shape))
         if ours.cfg.clip_qkv is not None and name.endswith("attn.hook_v"):
             a = a.clamp(-ours.cfg.clip_qkv, ours.cfg.clip_qkv)
-        if name.endswith("hook_attn_scores") and ours.cfg.model_type == "opt":
+        if name.endswith("hook_attn_scores") and ours.cfg.model_type in TL_SCORES_ARE_PATTERN:
             b = our_cache[name.replace("hook_attn_scores", "hook_pattern")]  # TL's holds the pattern
         elif name.endswith("hook_attn_scores"):
             n = b.shape[-1]

@@ -110,7 +110,8 @@ class Bridge:
                 "AutoModelForCausalLM."
             ) from err
         ensure_registered()
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        # a family outside the attention interface runs eager, with the hooked path installed
+        model.set_attn_implementation("eager" if adapter.install_attention else ATTN_IMPLEMENTATION)
         return cls(model, tokenizer, adapter)
 
     @classmethod

@@ -39,12 +39,12 @@ def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
     name_or_path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision,
                                         trust_remote_code=trust_remote_code)
-    adapter_for(config.model_type)  # unsupported types fail before any weights load
+    adapter = adapter_for(config.model_type)  # unsupported types fail before any weights load
     ensure_registered()
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code,
         dtype=dtype or torch.float32, device_map=device_map,
-        attn_implementation=ATTN_IMPLEMENTATION,
+        attn_implementation="eager" if adapter.install_attention else ATTN_IMPLEMENTATION,
     )
     if device is not None:
         model.to(device)

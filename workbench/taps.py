@@ -222,6 +222,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
                                for s in ("q", "k", "v", "attn_scores", "pattern", "z")),
                              q_prescale=cfg.d_head ** -0.5 if adapter.queries_prescaled else None)
         register_site(get_module(block, adapter.attn), site)
+        if adapter.install_attention is not None:  # outside the attention interface (GPT-J)
+            adapter.install_attention(get_module(block, adapter.attn))
         sites.append(site)
         result = point(f"blocks.{L}.attn.hook_result")
         result.taps = (_result_tap(get_module(block, adapter.attn_out_proj), cfg,

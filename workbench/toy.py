@@ -19,6 +19,7 @@ from transformers import (
     Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
+    GPTJConfig,
     GPTNeoXConfig,
     GraniteConfig,
     LlamaConfig,
@@ -85,7 +86,7 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
-FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt")
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt", "gptj")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
@@ -117,6 +118,10 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
                              num_attention_heads=n_heads, intermediate_size=4 * d_model,
                              vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
                              eos_token_id=0, **extra)
+    if family == "gptj":
+        extra.setdefault("rotary_dim", d_model // n_heads // 2)
+        return GPTJConfig(n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=vocab,
+                          n_positions=128, bos_token_id=0, eos_token_id=0, **extra)
     if family == "opt":
         return OPTConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
                          ffn_dim=4 * d_model, vocab_size=vocab, max_position_embeddings=128,

@@ -18,6 +18,7 @@ from . import (
     gemma,
     gpt2,
     gpt_neox,
+    gptj,
     granite,
     llama,
     moe,
@@ -54,6 +55,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     phi3.ADAPTER,
     opt.ADAPTER,
     stablelm.ADAPTER,
+    gptj.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "split_out_proj", "supported_model_types"]

@@ -73,6 +73,9 @@ class Adapter:
     # the attention module multiplies queries by d_head ** -0.5 itself and calls the attention
     # function with scaling 1 (OPT): hook_q is shown divided back, as the projection's output
     queries_prescaled: bool = False
+    # families whose attention bypasses transformers' attention interface (GPT-J): the model is
+    # loaded with eager attention, and this installs the hooked path on each attention module
+    install_attention: Callable[[Any], None] | None = None
 
 
 def norm_weight(adapter: Adapter, module) -> Any:
