@@ -31,7 +31,13 @@ NAMES = (
     "Alex Beth Chris Diana Ethan Fiona George Helen Isaac Joan Kyle Linda Martin Nancy Oliver Pam "
     "Robert Susan Tim Ursula Vera Walter Amber Bill Carol Derek Edith Frank Gina Harry Irene Joe "
     "Karen Lewis Megan Nick Olga Philip Rachel Steve Tara Vince Yvonne Arthur Betty Colin Daisy "
-    "Edward Flora Gavin Heidi Ivan Jill Keith Lena "
+    "Edward Flora Gavin Heidi Ivan Jill Keith Lena Abby Aaron Bella Blake Caleb Cora Dylan Dora Elise "
+    "Evan Finn Gemma Isla Jared Jade Joel Kara Kurt Leah Maya Mason Nate Otis Piper Quinn Reid Rita Sean "
+    "Sofia Troy Tess Uma Wade Willa Zack Zara Abel Ada Brent Cole Cindy Eli Erin Floyd Faye Glen Gwen "
+    "Hilda Inez Kent Lyle Lola Macy Ned Nadia Percy Rhoda Seth Thea Ted Vivian Wyatt Yara Boris Carla "
+    "Elmer Freya Gus Hattie Igor Jonah Leon Lionel Marta Nico Orson Pearl Rex Selma Toby Ulla Viola "
+    "Wilbur Alma Bernie Cyril Dolly Enid Fergus Gilda Homer Ida Jasper Kirk Lottie Mitch Nigel Otto "
+    "Polly Quentin Rory Sid Trudy Vernon Winnie "
     # held out of IOI training (still in stories):
     "Nora Felix Greta Miles Hazel Rufus Stella Dennis Mabel Gordon Wanda Felicity Norman Agnes "
     "Bruno Celia Dexter Opal Roland Sylvia"
@@ -57,9 +63,11 @@ FEELINGS = "happy tired hungry excited sleepy proud scared calm".split()
 # {A} and {B} are the two names of the first clause, {S} (the subject) is repeated in the second
 # clause, and the answer is the other one, the indirect object {IO}. Every template is used in
 # both orders (ABBA: IO first; BABA: S first).
-# Training templates are every opening with every ending (so the model learns the structure, not
-# a few sentences); the held-out templates use openings and verbs that never occur in a training
-# IOI sentence (the stories do use those verbs, as "X sent a cup to Y").
+# A training sentence is an opening, optionally a name-free filler sentence, and an ending: many
+# thousands of distinct sentences, so the model learns the structure rather than a few frames.
+# The held-out templates use openings ("Later", "As", "Yesterday", "On the way") and verbs ("sent",
+# "threw", "offered", "showed") that never occur in a training IOI sentence (the stories do use
+# those verbs, as "X sent a cup to Y").
 TRAIN_OPENINGS = (
     "When {A} and {B} went to the {place},",
     "When {A} and {B} got a {obj} at the {place},",
@@ -71,6 +79,26 @@ TRAIN_OPENINGS = (
     "When {A} and {B} arrived at the {place},",
     "{A} and {B} were at the {place}.",
     "The {place} was busy when {A} and {B} came in.",
+    "{A} and {B} walked to the {place} together.",
+    "Once, {A} and {B} visited the {place}.",
+    "Before {A} and {B} went home from the {place},",
+    "At the {place}, {A} and {B} were {feel}.",
+    "{A} and {B} met at the {place}.",
+    "Because {A} and {B} were at the {place},",
+    "Soon {A} and {B} reached the {place},",
+    "{A} and {B} spent the day at the {place}.",
+    "In the {place}, {A} and {B} found a {adj} {animal}.",
+    "One day, {A} and {B} were {feel} at the {place}.",
+    "{A} and {B} were playing at the {place}, and",
+    "{A} and {B} had a picnic in the {place}, and",
+)
+TRAIN_FILLERS = (
+    "It was a {adj} day.",
+    "The {animal} was {adj}.",
+    "The {place} was {adj}.",
+    "There was a {adj} {animal} nearby.",
+    "They were {feel}.",
+    "Then they sat down.",
 )
 TRAIN_ENDINGS = (
     "{S} gave a {obj} to",
@@ -79,6 +107,14 @@ TRAIN_ENDINGS = (
     "{S} wanted to give a {obj} to",
     "{S} passed the {obj} to",
     "{S} brought a {obj} to",
+    "{S} gave the {adj} {obj} to",
+    "{S} lent a {obj} to",
+    "{S} sold a {obj} to",
+    "{S} tossed a {obj} to",
+    "{S} handed the {obj} back to",
+    "{S} quickly gave a {obj} to",
+    "{S} was {feel} and gave a {obj} to",
+    "{S} took a {obj} and gave it to",
 )
 TRAIN_TEMPLATES = tuple(f"{o} {e}" for o in TRAIN_OPENINGS for e in TRAIN_ENDINGS)
 HELDOUT_TEMPLATES = (
@@ -87,6 +123,7 @@ HELDOUT_TEMPLATES = (
     "Yesterday {A} and {B} cleaned the {place}. {S} offered a {obj} to",
     "On the way to the {place}, {A} and {B} stopped. {S} showed a {obj} to",
 )
+FILLER_PROB = 0.5  # chance that a training IOI sentence whose opening is a whole sentence gets a filler
 
 
 @dataclass(frozen=True)
@@ -115,15 +152,32 @@ def _split(split: str, what: str) -> tuple[str, ...]:
     return table[split, what]
 
 
-def ioi_prompt(rng: random.Random, split: str = "train", names: str | None = None) -> IOIPrompt:
+# Words that stand in for the two people in some training IOI sentences ("When fox and cake went
+# to the park, cake gave a ring to fox"): the model cannot learn "the answer is one of the
+# training names" and has to copy whichever word is not repeated, so it carries over to names it
+# never saw in an IOI sentence.
+ENTITY_WORDS = tuple(OBJECTS + ANIMALS)
+
+
+def ioi_prompt(rng: random.Random, split: str = "train", names: str | None = None,
+               pool: tuple[str, ...] | list[str] | None = None) -> IOIPrompt:
     """One random IOI prompt of ``split`` ("train": training names and templates; "heldout":
-    held-out names and held-out templates); ``names`` picks the names' split on its own."""
-    templates, pool = _split(split, "templates"), _split(names or split, "names")
+    held-out names and held-out templates); ``names`` picks the names' split on its own, ``pool``
+    replaces the names by other words (e.g. ``ENTITY_WORDS``). Training prompts whose opening is a
+    whole sentence get a name-free filler sentence after it with ``FILLER_PROB``."""
+    templates = _split(split, "templates")
+    pool = pool or _split(names or split, "names")
     t = rng.randrange(len(templates))
     io, s = rng.sample(pool, 2)
     order = rng.choice(("ABBA", "BABA"))
     a, b = (io, s) if order == "ABBA" else (s, io)
-    text = templates[t].format(A=a, B=b, S=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
+    template = templates[t]
+    opening = TRAIN_OPENINGS[t // len(TRAIN_ENDINGS)] if split == "train" else ""
+    if opening.endswith(".") and rng.random() < FILLER_PROB:  # after a whole sentence only
+        template = template.replace(opening, opening + " " + rng.choice(TRAIN_FILLERS), 1)
+    text = template.format(A=a, B=b, S=s, place=rng.choice(PLACES), obj=rng.choice(OBJECTS),
+                           adj=rng.choice(ADJECTIVES), animal=rng.choice(ANIMALS),
+                           feel=rng.choice(FEELINGS))
     return IOIPrompt(text=text, io=" " + io, s=" " + s, order=order, template=t)
 
 
@@ -169,13 +223,26 @@ def _sentence(rng: random.Random, cast: list[str]) -> str:
         f"Later, {a} sat in the {place} and cleaned the {obj}.",
         f"Yesterday {a} left the {place} early.",
         f"As the sun went down, {a} and {b} went home.",
+        f"When {a} and {b} went to the {place}, they were {feel}.",
     )
     return rng.choice(forms)
 
 
+# Stories draw this share of their characters from the held-out names: IOI sentences make every
+# training name a frequent recipient ("... gave a cake to Mary"), so without it a held-out name
+# would be several times rarer than a training name after "to", and the model would learn that
+# rarity rather than to copy the right name.
+STORY_HELDOUT_SHARE = 0.15
+
+
 def story(rng: random.Random) -> str:
-    """A short story of 3 to 8 simple sentences about 2 or 3 characters (any names)."""
-    cast = rng.sample(NAMES, rng.randint(2, 3))
+    """A short story of 3 to 8 simple sentences about 2 or 3 characters (any names; see
+    ``STORY_HELDOUT_SHARE``)."""
+    size, cast = rng.randint(2, 3), []
+    while len(cast) < size:
+        name = rng.choice(HELDOUT_NAMES if rng.random() < STORY_HELDOUT_SHARE else NAMES)
+        if name not in cast:
+            cast.append(name)
     opening = rng.choice(("Once upon a time, ", "One day, ", "", "", "Every morning, "))
     text = opening + _sentence(rng, cast)
     for _ in range(rng.randint(2, 7)):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .adapters import split_out_proj
+from .adapters import optional_module, split_out_proj
 from .errors import InputError
 from .weights import in_out
 
@@ -163,14 +163,14 @@ def _fold_ln(bridge: Bridge) -> None:
     for layer in range(bridge.cfg.n_layers):
         qkv = [(_module(bridge, p, layer), a.linear_layout) for p in a.attn_qkv]
         block = bridge.model.get_submodule(f"{a.blocks}.{layer}")
-        if a.moe_router is not None and _has(block, a.moe_router):  # experts: params [..., D]
+        if optional_module(block, a.moe_router) is not None:  # experts: params [..., D]
             mlp = [(p.detach().reshape(-1, p.shape[-1]).T, None)
                    for p in (_param(block, path) for path in a.moe_readers) if p is not None]
         else:
             paths = dict.fromkeys(p for p in (a.mlp_in, a.mlp_gate) if p)  # Phi-3: one fused module
             mlp = [(_module(bridge, p, layer), a.linear_layout) for p in paths]
-        ln1 = _module(bridge, a.ln1, layer) if a.ln1 is not None else None
-        ln2 = _module(bridge, a.ln2, layer) if a.ln2 is not None and _has(block, a.ln2) else None
+        ln1 = optional_module(block, a.ln1)
+        ln2 = optional_module(block, a.ln2)
         if ln2 is None and ln1 is not None and bridge.cfg.parallel_attn_mlp:
             ln2 = ln1  # parallel StableLM: one norm feeds both
         if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold
@@ -185,20 +185,10 @@ def _fold_ln(bridge: Bridge) -> None:
     _fold_norm(_module(bridge, a.ln_final), [(_module(bridge, a.unembed), "linear")], center, off)
 
 
-def _has(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
 def _param(block: nn.Module, path: str) -> torch.Tensor | None:
     """The parameter at ``path`` in ``block`` (e.g. ``mlp.experts.gate_up_proj``), or None."""
     owner, _, name = path.rpartition(".")
-    if not _has(block, owner):
-        return None
-    return getattr(block.get_submodule(owner), name, None)
+    return getattr(optional_module(block, owner), name, None)
 
 
 def _center_writing_weights(bridge: Bridge) -> None:

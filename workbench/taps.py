@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import Adapter, split_out_proj
+from .adapters import Adapter, optional_module, split_out_proj
 from .attention import AttentionSite, register_site
 from .config import BridgeConfig
 from .errors import InputError
@@ -239,12 +239,12 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if not cfg.parallel_attn_mlp:
             mid = point(f"blocks.{L}.hook_resid_mid")
             # the MLP's input norm reads resid_mid; without one (OLMo 2), the MLP itself
-            reader = _optional_module(block, adapter.ln2) or get_module(block, adapter.mlp)
+            reader = optional_module(block, adapter.ln2) or get_module(block, adapter.mlp)
             mid.taps = (_mid_tap(reader, L, state, seen(mid, flat)), block_post)
-        ln2 = _optional_module(block, adapter.ln2) if adapter.ln2 != adapter.ln1 else None
+        ln2 = optional_module(block, adapter.ln2) if adapter.ln2 != adapter.ln1 else None
         if ln2 is not None:  # one norm feeding both (Phi; parallel StableLM has no ln2): ln1 only
             norm(ln2, f"blocks.{L}.ln2", flat)
-        router = _optional_module(block, adapter.moe_router)
+        router = optional_module(block, adapter.moe_router)
         if router is not None:  # a mixture of experts: routing points, no per-expert hooks
             names = ("router_logits", "expert_indices", "expert_weights")  # the order they fire
             r_points = [point(f"blocks.{L}.mlp.hook_{n}") for n in names]
@@ -316,16 +316,6 @@ def _halves_tap(module: nn.Module, first: HookPoint, second: HookPoint) -> Tap:
             return None
         return torch.cat([new_a, new_b], dim=-1)
     return Tap(module, "post", fn)
-
-
-def _optional_module(block: nn.Module, path: str | None) -> nn.Module | None:
-    """The module at ``path`` in ``block``, or None when there is no path or no such module."""
-    if path is None:
-        return None
-    try:
-        return block.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 def _router_tap(router: nn.Module, state: RunState, logits_p: HookPoint, indices_p: HookPoint,

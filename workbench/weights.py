@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .adapters import split_out_proj
+from .adapters import optional_module, split_out_proj
 from .errors import InputError
 from .factored import FactoredMatrix
 
@@ -106,7 +106,7 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
     a = bridge.adapter
     if a.moe_router is not None and path in (a.mlp_in, a.mlp_gate, a.mlp_out):
         blocks = bridge.model.get_submodule(a.blocks)
-        sparse = [L for L in range(bridge.cfg.n_layers) if _has(blocks[L], a.moe_router)]
+        sparse = [L for L in range(bridge.cfg.n_layers) if optional_module(blocks[L], a.moe_router)]
         if sparse:
             raise InputError(
                 f"{what} is one matrix per layer, but the MLPs of layers {sparse} are mixtures of "
@@ -123,14 +123,6 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
             return w
         return b if b is not None else w.new_zeros(w.shape[1])
     return _stack(bridge, one)
-
-
-def _has(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _W_O(bridge: Bridge) -> torch.Tensor:

@@ -78,6 +78,17 @@ class Adapter:
     install_attention: Callable[[Any], None] | None = None
 
 
+def optional_module(root, path: str | None):
+    """The submodule of ``root`` at ``path``, or None when there is no path or no such module
+    (a config may leave optional modules out: Qwen-MoE's dense layers have no router)."""
+    if path is None:
+        return None
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def norm_weight(adapter: Adapter, module) -> Any:
     """The factor a norm module multiplies by, ``[d]`` (detached), or None when it has no weight:
     its ``weight`` plus the family's ``norm_weight_offset`` (Gemma stores ``w`` and scales by
