@@ -19,11 +19,15 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import Bridge  # noqa: E402
 from workbench.demo_data import (  # noqa: E402
+    FILLER_PROB,
     HELDOUT_NAMES,
     HELDOUT_TEMPLATES,
     NAMES,
     OBJECTS,
     PLACES,
+    TRAIN_ENDINGS,
+    TRAIN_FILLERS,
+    TRAIN_OPENINGS,
     TRAIN_TEMPLATES,
     ioi_prompts,
     ioi_tokens,
@@ -85,6 +89,10 @@ ARCH = {
 EOT = "`<\\|endoftext\\|>`"
 SUM_NOTE = {"RMS": "they sum to the logit difference because the final RMSNorm has no bias",
             "LN": "they sum to the logit difference minus the final LayerNorm's bias term"}
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 def head_label(scores, n_heads):
@@ -172,9 +180,12 @@ rows of {a["ctx"]} tokens, each starting with BOS:
 
 - **stories** ({a["mix"][0]:.0%} of documents): 3 to 8 simple sentences about 2 or 3 characters
   ({len(NAMES)} first names, {len(PLACES)} places, {len(OBJECTS)} objects, animals, adjectives).
-- **IOI sentences** ({a["mix"][1]:.0%}): {len(TRAIN_TEMPLATES)} templates such as "When Mary and
-  John went to the store, John gave a drink to Mary", in both name orders (ABBA and BABA), with
-  the training names only.
+- **IOI sentences** ({a["mix"][1]:.0%}): one of {len(TRAIN_OPENINGS)} openings, in
+  {FILLER_PROB:.0%} of them a name-free filler sentence ({len(TRAIN_FILLERS)} kinds), and one of
+  {len(TRAIN_ENDINGS)} endings ({len(TRAIN_TEMPLATES)} frames, many thousands of sentences once
+  places, objects and adjectives are filled in), such as "When Mary and John went to the store,
+  John gave a drink to Mary", in both name orders (ABBA and BABA), with the
+  {len(NAMES) - len(HELDOUT_NAMES)} training names only.
 - **repeated random tokens** ({a["mix"][2]:.0%}): 8 to 64 tokens drawn uniformly from the
   vocabulary, repeated 2 to 4 times.
 
@@ -236,17 +247,15 @@ in `scripts/make_model_card.py`), a starting point for your own analysis, not a 
 
 ## Limits
 
-The issue's target for IOI on held-out names and held-out templates is a logit difference above 2
-(met: {ioi["logit_diff"]:.2f}) and the IO as the top prediction at least 80% of the time (not met:
-{ioi["top1"]:.0%}). Of the {ioi["n"]} held-out prompts, the top prediction is
+The targets for IOI on held-out names and held-out templates are a logit difference above 2
+({met(ioi["logit_diff"] > 2)}: {ioi["logit_diff"]:.2f}) and the IO as the top prediction at
+least 80% of the time ({met(ioi["top1"] >= 0.8)}: {ioi["top1"]:.0%}); `tests/test_demo_model.py`
+checks both. Of the {ioi["n"]} held-out prompts, the top prediction is
 {", ".join(f"{k} in {v}" for k, v in ioi["errors"].items())}; accuracy by held-out template:
 
 | held-out template | IO top-1 |
 |---|---:|
 {chr(10).join(f"| {t} | {v:.0%} |" for t, v in ioi["by_template"].items())}
-
-So the subject is not suppressed well enough on the longer held-out templates.
-`tests/test_demo_model.py` marks that check as an expected failure until a retrained model passes it.
 
 It is a toy: the stories are a small grammar, so the model knows little English beyond it, and
 its circuits are cleaner (and fewer) than GPT-2's. Use it to learn the tools and check that an

@@ -37,22 +37,25 @@ sys.path.insert(0, str(ROOT))
 from workbench import demo_data as dd  # noqa: E402
 
 EOT = "<|endoftext|>"
-DEFAULTS = dict(arch="llama", vocab=2048, ctx=256, d_model=128, n_layers=4, n_heads=4, batch=16,
+DEFAULTS = dict(arch="llama", vocab=2048, ctx=256, d_model=128, n_layers=5, n_heads=8, batch=16,
                 steps=7000, lr=2e-3, warmup=50, seed=0, mix=(0.30, 0.40, 0.30),
-                rep_len=(8, 64), rep_times=(2, 4))
+                rep_len=(8, 64), rep_times=(2, 4), ema=0.999, entity_share=0.3)
 
 
 # -- corpus ---------------------------------------------------------------------------------------
-def text_docs(rng: random.Random, n: int, mix: tuple[float, float, float]) -> list[str]:
+def text_docs(rng: random.Random, n: int, mix: tuple[float, float, float],
+              entity_share: float) -> list[str]:
     """``n`` text documents: stories and training-split IOI sentences in proportion ``mix[0] :
-    mix[1]`` (repeated-token documents are made later, from token ids)."""
+    mix[1]``, ``entity_share`` of the IOI sentences with words for people (``dd.ENTITY_WORDS``)
+    (repeated-token documents are made later, from token ids)."""
     p_story = mix[0] / (mix[0] + mix[1])
     docs = []
     for _ in range(n):
         if rng.random() < p_story:
             docs.append(dd.story(rng))
         else:
-            docs.append(dd.ioi_prompt(rng, "train").full + ".")
+            pool = dd.ENTITY_WORDS if rng.random() < entity_share else None
+            docs.append(dd.ioi_prompt(rng, "train", pool=pool).full + ".")
     return docs
 
 
@@ -90,7 +93,7 @@ def pack(docs_ids: list[list[int]], ctx: int, bos: int) -> torch.Tensor:
 
 def build_corpus(args, rng: random.Random):
     n_text = args.steps * args.batch * 10 // 2 + 2000
-    docs = text_docs(rng, n_text, args.mix)
+    docs = text_docs(rng, n_text, args.mix, args.entity_share)
     tokenizer = train_tokenizer(docs[:20000], args.vocab)
     enc = tokenizer(docs, add_special_tokens=False)["input_ids"]
     specials = set(tokenizer.all_special_ids)
@@ -227,6 +230,10 @@ def main() -> None:
         frac = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
+    # an exponential moving average of the weights is what ships (and what is evaluated): it is
+    # much less sensitive to where the last steps happened to leave the weights
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)) if args.ema else None
     gen = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(rows), generator=gen)
     log_steps, log_losses, evals = [], [], []
@@ -245,18 +252,22 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         if step % 10 == 0 or step == args.steps - 1:
             log_steps.append(step)
             log_losses.append(round(running, 4))
         if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
-            ev = evaluate(model, tokenizer, n_ioi=100)
+            ev = evaluate(ema.module if ema is not None else model, tokenizer, n_ioi=100)
             ev["step"] = step + 1
             evals.append(ev)
             rate = (step + 1) * args.batch * args.ctx / (time.time() - t_train)
             print(f"step {step + 1}: loss {running:.3f}, {rate:.0f} tok/s, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k != "step"), flush=True)
 
+    if ema is not None:
+        model = ema.module
     model.eval()
     final = evaluate(model, tokenizer, n_ioi=400)
     out = Path(args.out)

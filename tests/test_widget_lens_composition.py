@@ -17,6 +17,7 @@ from widgets.composition import CompositionPanel
 from widgets.logit_lens import LogitLensPanel
 from workbench import Bridge
 from workbench.composition import composition_scores
+from workbench.head_scores import induction_scores, previous_token_scores, repeated_random_tokens
 from workbench.lens import logit_lens
 from workbench.toy import char_tokenizer, tiny_model
 
@@ -243,16 +244,20 @@ def test_composition_html_export(tiny, comm, tmp_path):
 
 
 def test_composition_demo_model(demo, comm):
-    """On the demo model the strongest K-composition runs from a previous-token head into an
-    induction head (docs/demo_model.md), and a click there selects that pair."""
+    """On the demo model the strongest K-composition into the strongest induction head comes
+    from a previous-token head (docs/demo_model.md), as the panel shows it, and a click there
+    selects that pair."""
+    tokens = repeated_random_tokens(demo, n=50, batch=8, seed=0)
+    prev, ind = previous_token_scores(demo, tokens).flatten(), induction_scores(demo, tokens).flatten()
     p = CompositionPanel(demo, kind="k")
     meta, a = comp_data(p)
     m = np.where(a["valid"] == 1, a["matrix"].astype(np.float32), -np.inf)
-    s, r = np.unravel_index(np.argmax(m), m.shape)
-    labels = meta["labels"]
-    assert labels[s] in {"L1H2", "L1H3", "L2H0", "L2H1", "L2H2"} and labels[r] in {"L3H0", "L3H2", "L3H3"}
-    front_end_sends(p, {"type": "action", "name": "select", "args": {"sender": int(s), "receiver": int(r)}})
-    assert p.selection.heads == [divmod(int(s), 4), divmod(int(r), 4)] and p.error == ""
+    r = int(ind.argmax())  # the panel's rows and columns are heads in (layer, head) order
+    s = int(np.argmax(m[:, r]))
+    assert ind[r] > 0.9 and prev[s] > 0.5, (meta["labels"][s], meta["labels"][r])
+    H = demo.cfg.n_heads
+    front_end_sends(p, {"type": "action", "name": "select", "args": {"sender": s, "receiver": r}})
+    assert p.selection.heads == [divmod(s, H), divmod(r, H)] and p.error == ""
     scope = {"bridge": demo}
     exec(p.code, scope)
     assert torch.equal(scope["scores"].scores, p.result.scores)

@@ -21,9 +21,15 @@ from workbench.toy import char_tokenizer, tiny_model
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
-TWO_TOKEN_NAME = CORRUPTED.replace("Mary gave", "Maryland gave")  # " Mary" + "land": one token more
+TWO_TOKEN_NAME = CORRUPTED.replace("Mary gave", "Maryse gave")  # " Mary" + "se": one token more
 NODE = "/usr/bin/node"
 FP16 = dict(rtol=1e-3, atol=2e-2)  # the grid travels as float16
+N_POS = 15  # CLEAN's tokens, BOS included
+
+
+def n_cells(demo) -> int:
+    """The resid_pre sweep's cells on the demo model: layers x positions."""
+    return demo.cfg.n_layers * N_POS
 
 
 @pytest.fixture
@@ -60,7 +66,7 @@ def test_sweep_from_the_front_end_equals_patch_sweep(ioi, demo):
     assert ioi.error == "" and not ioi.running and not ioi.busy and ioi.status == ""
     torch.testing.assert_close(result.values, expected.values, rtol=0, atol=1e-5)
     torch.testing.assert_close(grid(ioi), expected.values, **FP16)
-    assert ioi.progress == [60, 60] and ioi.exact_meta["source"] == "sweep"
+    assert ioi.progress == [n_cells(demo)] * 2 and ioi.exact_meta["source"] == "sweep"
     assert not ioi.exact_meta["partial"] and ioi.exact_meta["col_labels"][10] == "10:␣John/␣Mary"
     assert any(t is not threading.main_thread() for t in threads)  # the sweep ran in the background
     assert "patch_sweep(bridge, clean, corrupted, site='resid_pre', metric=logit_diff(bridge, ' Mary', " \
@@ -73,8 +79,8 @@ def test_sweep_from_the_front_end_equals_patch_sweep(ioi, demo):
 
 @pytest.mark.parametrize(("site", "index", "fold"), [
     ("z", "", lambda v: v),
-    ("z", "head_pos", lambda v: v.permute(0, 2, 1).reshape(16, 15)),
-    ("pattern", "head_pos", lambda v: v.reshape(16, 15)),
+    ("z", "head_pos", lambda v: v.permute(0, 2, 1).reshape(-1, N_POS)),  # (layer, head) rows
+    ("pattern", "head_pos", lambda v: v.reshape(-1, N_POS)),
 ])
 def test_head_sites_fold_into_the_grid(ioi, demo, site, index, fold):
     front_end_sets(ioi, site=site, index=index)
@@ -83,10 +89,11 @@ def test_head_sites_fold_into_the_grid(ioi, demo, site, index, fold):
     torch.testing.assert_close(grid(ioi), fold(expected.values), **FP16)
     meta = ioi.exact_meta
     if index:
-        assert meta["row_labels"][5] == "L1H1" and meta["kind"] == "layerhead_pos"
+        H = demo.cfg.n_heads  # rows are (layer, head), head fastest
+        assert meta["row_labels"][H + 1] == "L1H1" and meta["kind"] == "layerhead_pos"
         assert f"index='{index}'" in ioi.code
     else:
-        assert meta["col_labels"] == ["H0", "H1", "H2", "H3"] and "index=" not in ioi.code
+        assert meta["col_labels"] == [f"H{h}" for h in range(demo.cfg.n_heads)] and "index=" not in ioi.code
 
 
 def test_cancel_mid_sweep_shows_the_partial_result(ioi, demo):
@@ -102,8 +109,9 @@ def test_cancel_mid_sweep_shows_the_partial_result(ioi, demo):
     go.set()
     result = ioi.wait(timeout=60)
     n = result.n_done  # the first report: the cells that change nothing (before S2), or one pass
-    assert result.partial and 0 < n < 60 and ioi.progress == [n, 60]
-    assert ioi.exact_meta["partial"] and ioi.exact_meta["n_done"] == n and ioi.exact_meta["n_cells"] == 60
+    cells = n_cells(ioi.bridge)
+    assert result.partial and 0 < n < cells and ioi.progress == [n, cells]
+    assert ioi.exact_meta["partial"] and ioi.exact_meta["n_done"] == n and ioi.exact_meta["n_cells"] == cells
     values = grid(ioi)
     done = values.isfinite()
     assert int(done.sum()) == n
@@ -155,13 +163,13 @@ def test_click_equals_patch_cell_and_moves_the_selection(demo, comm):
     front_end_sets(p, wrong=" the")  # a new metric: results and the patcher go
     assert p._patcher is None and p.cell == {} and p.last_cell is None
     action(p, "click", row=9, col=0)
-    assert "outside the 4 x 4 grid" in p.error
+    assert f"outside the {demo.cfg.n_layers} x {demo.cfg.n_heads} grid" in p.error
 
 
 def test_prompts_of_different_lengths_show_the_alignment(demo, comm):
     p = PatchingPanel(demo, CLEAN, corrupted=TWO_TOKEN_NAME, answer=" Mary", wrong=" John")
     assert "different lengths (15 vs 16 tokens;" in p.alignment and "positions=" in p.alignment
-    assert p.corrupted_tokens[10:12] == [" Mary", "land"]
+    assert p.corrupted_tokens[10:12] == [" Mary", "se"]
     assert p.clean_differs == [10] and p.corrupted_differs == [10, 11]
     assert p.exact_meta == {} and p.cost == ""
     action(p, "run")
@@ -184,9 +192,9 @@ def test_tokens_are_asked_for_and_checked(demo, comm):
     action(p, "run")
     assert "Pick the answer token" in p.error
     front_end_sets(p, error="", error_detail="")
-    front_end_sets(p, answer=" Maryland", wrong=" John")
+    front_end_sets(p, answer=" Maryse", wrong=" John")
     assert p.error.startswith("TokenizerError: The answer token must be a single token")
-    assert "' Maryland' is 2 tokens" in p.error and "leading space" in p.error
+    assert "' Maryse' is 2 tokens" in p.error and "leading space" in p.error
     assert p.metric_note in p.error
     front_end_sets(p, answer=" Mary")  # fixed: the error it caused goes
     assert p.error == "" and p.metric_note == ""
@@ -201,7 +209,7 @@ def test_attribution_beside_exact_patching(ioi, demo):
     torch.testing.assert_close(grid(ioi, "attribution"), expected.values, **FP16)
     assert ioi.compare == ""  # no exact values yet
     run(ioi)
-    assert f"{expected.correlation:.3f} (60 cells)" in ioi.compare
+    assert f"{expected.correlation:.3f} ({n_cells(demo)} cells)" in ioi.compare
     assert "estimate = attribution_sweep(bridge, clean, corrupted, site='resid_pre'" in ioi.code
 
 
@@ -210,7 +218,7 @@ def test_selection_links_the_prompt(demo, comm):
     p = PatchingPanel(demo, corrupted=CORRUPTED, selection=sel)
     assert p.prompt == CLEAN and len(p.clean_tokens) == 15
     sel.prompt = TWO_TOKEN_NAME
-    assert p.clean_tokens[11] == "land" and "(16 vs 15 tokens;" in p.alignment
+    assert p.clean_tokens[11] == "se" and "(16 vs 15 tokens;" in p.alignment
     front_end_sets(p, prompt=CLEAN)
     assert sel.prompt == CLEAN
 
@@ -244,9 +252,10 @@ def test_values_travel_as_float16_buffers_not_json(ioi):
     sent = ioi.comm.updates() + [c for c, _ in ioi.comm.custom()]
     lists = [x for s in sent for x in _number_lists(s)]
     assert all(isinstance(v, int) for x in lists for v in x)  # never floats in a list
-    assert max(map(len, lists)) < 60  # small labels (positions), never a grid's worth
+    assert max(map(len, lists)) < n_cells(ioi.bridge)  # small labels (positions), never a grid's worth
     answers = [(c, b) for c, b in ioi.comm.custom() if c.get("type") == "data"]
-    assert answers and all(len(b) == 1 and len(memoryview(b[0]).cast("B")) == 60 * 2 for _, b in answers)
+    assert answers and all(len(b) == 1 and len(memoryview(b[0]).cast("B")) == n_cells(ioi.bridge) * 2
+                           for _, b in answers)
 
 
 def test_an_error_in_the_thread_is_shown_and_the_thread_ends(ioi, monkeypatch):

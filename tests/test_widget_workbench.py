@@ -88,4 +88,4 @@ def test_other_panels_wait_for_a_running_sweep(wb):
     go.set()
     assert wb.patching.wait(timeout=60) is not None
     front_end_sets(wb.logit_lens, error="", sites=["resid_mid"])
-    assert wb.logit_lens.error == "" and wb.logit_lens.result.sites == ["resid_mid"] * 4
+    assert wb.logit_lens.error == "" and wb.logit_lens.result.sites == ["resid_mid"] * wb.bridge.cfg.n_layers

@@ -114,15 +114,14 @@ CELLS = [
         A model type without an adapter fails before any weights load, and says what is supported:
     """),
     code("""
-        from transformers import OPTConfig
+        from transformers import BloomConfig
 
         from workbench import UnsupportedModelError
 
-        opt = AutoModelForCausalLM.from_config(OPTConfig(
-            hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
-            max_position_embeddings=32, word_embed_proj_dim=32))
+        bloom = AutoModelForCausalLM.from_config(BloomConfig(
+            hidden_size=32, n_layer=1, n_head=2, vocab_size=50))
         try:
-            Bridge.from_hf(opt)
+            Bridge.from_hf(bloom)
         except UnsupportedModelError as err:
             print(err)
         else:

@@ -120,6 +120,8 @@ CELLS = [
         ## Which layer's attention moves it, and which head?
 
         `attn_out` by (layer, position), then `z` by head: each head's output over all positions.
+        The answer is read at the last position, so we follow the layer whose attention output
+        there matters most, and its strongest head.
     """),
     code("""
         attn = patch_sweep(bridge, clean, corrupted, site='attn_out', metric=metric)
@@ -128,12 +130,15 @@ CELLS = [
                         color_continuous_midpoint=0, labels=dict(x='head', y='layer', color='recovered'),
                         title="patching each head's output (z), clean into corrupted")
         fig.show()
-        top_layer, top_head = divmod(int(heads.values.argmax()), cfg.n_heads)
-        best = heads.normalized()[top_layer, top_head].item()
+        first_layer, first_head = divmod(int(heads.values.argmax()), cfg.n_heads)
+        print(f'strongest head overall: L{first_layer}H{first_head} '
+              f'({heads.normalized()[first_layer, first_head]:.0%})')
         print(f'attn_out at the last position, per layer: {attn.normalized()[:, -1].numpy().round(2)}')
-        print(f'strongest head: L{top_layer}H{top_head}, recovering {best:.0%} of the logit difference')
-        assert best > 0.5  # one head carries most of it
-        assert attn.normalized()[top_layer, -1] > 0.5  # through its layer's attention at the last position
+        top_layer = int(attn.normalized()[:, -1].argmax())  # the layer that moves it to the last position
+        top_head = int(heads.values[top_layer].argmax())
+        best = heads.normalized()[top_layer, top_head].item()
+        print(f'its strongest head: L{top_layer}H{top_head}, recovering {best:.0%} of the logit difference')
+        assert attn.normalized()[top_layer, -1] > 0.5 and best > 0.5  # one head carries most of it
     """),
     md("""
         By position too (`index='head_pos'`, `[n_layers, n_pos, n_heads]`), and what the head

@@ -8,7 +8,7 @@ CELLS = [
 
         The bridge wraps a HuggingFace causal LM in TransformerLens-named hook points without
         re-implementing it; the panels draw the workbench's analyses in JupyterLab. This tour runs
-        offline on the embedded demo model: a 4-layer Llama-style model trained on this repo's own
+        offline on the embedded demo model: a 5-layer Llama-style model trained on this repo's own
         synthetic corpus (see [`docs/demo_model.md`](../docs/demo_model.md)), small enough to run
         anywhere and trained long enough to have previous-token heads, induction heads and an
         indirect-object-identification (IOI) circuit.

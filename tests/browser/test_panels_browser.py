@@ -38,7 +38,7 @@ def test_hook_picker_click_caches(page):
     p = panel(page, "hooks")
     search = p.get_by_placeholder(re.compile("search hooks"))
     search.fill("*.hook_pattern")  # searching opens every group
-    expect(p.locator("label.wb-hook-row")).to_have_count(4)
+    expect(p.locator("label.wb-hook-row")).to_have_count(5)  # one per layer of the demo model
     search.fill("1.hook_resid_po")
     expect(p.locator("label.wb-hook-row")).to_have_count(1)
     p.locator("label.wb-hook-row input[type=checkbox]").check()
@@ -61,7 +61,7 @@ def test_attention_thumbnail_click_and_hover(page):
 def test_logit_lens_hover_click_and_error(page):
     p = panel(page, "logit_lens")
     canvas = p.locator("canvas.wb-heatmap")
-    grid_click(page, canvas, 3, 14, "hover")
+    grid_click(page, canvas, 4, 14, "hover")  # the last layer's output at the last position
     expect(p.locator(".wb-tip")).to_be_visible()
     expect(p.locator(".wb-tip")).to_contain_text("Nora")  # the model's answer is in the top-k
     grid_click(page, canvas, 2, 10)
@@ -83,17 +83,18 @@ def test_logit_lens_hover_click_and_error(page):
 
 def test_composition_click_opens_both_heads(page):
     p, att = panel(page, "composition"), panel(page, "attention")
-    grid_click(page, p.locator("canvas.wb-heatmap"), 7, 12)  # L1H3 -> L3H0 (4 heads a layer)
-    expect(where(page)).to_contain_text("heads L1H3, L3H0", timeout=T)
+    # the previous-token head L1H3 -> the induction head L2H5 (8 heads a layer: 11 -> 21)
+    grid_click(page, p.locator("canvas.wb-heatmap"), 11, 21)
+    expect(where(page)).to_contain_text("heads L1H3, L2H5", timeout=T)
     expect(att).to_contain_text("L1H3", timeout=T)
-    expect(att).to_contain_text("L3H0", timeout=T)
+    expect(att).to_contain_text("L2H5", timeout=T)
     shoot(p, "composition")
 
 
 def test_patching_sweep_and_cell_click(page):
     p = panel(page, "patching")
     p.get_by_role("button", name="run sweep").click()
-    expect(p).to_contain_text("60/60 cells", timeout=60_000)
+    expect(p).to_contain_text("75/75 cells", timeout=60_000)  # 5 layers x 15 positions
     expect(p.locator(".wb-busy")).to_be_hidden(timeout=T)
     grid_click(page, p.locator("canvas.wb-heatmap").first, 1, 10)
     expect(p).to_contain_text("resid_pre L1 @ 10", timeout=T)
