@@ -156,6 +156,20 @@ def test_backward_hooks_and_incl_bwd(bridge):
     assert grads["g"].shape[-1] == bridge.cfg.d_model
 
 
+def test_every_point_takes_backward_functions(bridge):
+    """A backward function on any hook point fires with a gradient shaped as the activation
+    (special taps included: norms, multipliers, fused halves, flattened rows, routers). The
+    router's logits and chosen indices are read-only outputs that nothing downstream uses."""
+    no_grad = ("hook_router_logits", "hook_expert_indices")
+    names = [n for n in bridge.hook_names() if not n.endswith(no_grad)]
+    _, cache = bridge.run_with_cache(PROMPT, names_filter=names, incl_bwd=True, return_type="loss")
+    missing = [n for n in names if f"{n}_grad" not in cache]
+    assert not missing, missing
+    for n in names:
+        assert cache[f"{n}_grad"].shape == cache[n].shape, n
+    assert bridge.attached_hooks() == [] and no_torch_hooks(bridge.model)
+
+
 def test_unsupported_model_lists_supported(tmp_path):
     from transformers import BertConfig
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

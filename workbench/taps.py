@@ -129,19 +129,24 @@ def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: 
     def fn(mod, args, kwargs, output):
         x, _ = _first_arg(args, kwargs)
         x32 = x.float()
-        if kind == "LN":
+        if kind == "LN" and not scale_p.bwd:
             normalized32, _, rstd = torch.native_layer_norm(x32, x32.shape[-1:], None, None, eps)
+        elif kind == "LN":  # native_layer_norm's rstd carries no gradient: a backward function waits
+            centered = x32 - x32.mean(-1, keepdim=True)
+            rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
+            normalized32 = centered * rstd
         else:
             rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
             normalized32 = x32 * rstd
         scale = rstd.reciprocal().to(x.dtype)
         new_scale = scale_p.fire(scale)
-        if new_scale is not scale:  # a function replaced the scale: divide by it instead
+        # a function replaced the scale, or a backward function waits on it: divide by it
+        if new_scale is not scale or scale_p.bwd:
             centered = x32 - x32.mean(-1, keepdim=True) if kind == "LN" else x32
             normalized32 = centered / new_scale.float()
         normalized = normalized32.to(x.dtype)
         new_norm = norm_p.fire(normalized)
-        if new_scale is scale and new_norm is normalized:
+        if new_scale is scale and new_norm is normalized and not (scale_p.bwd or norm_p.bwd):
             return None  # read-only: keep HF's own output bit for bit
         weight = getattr(mod, "weight", None)
         out = new_norm if weight is None else new_norm * (weight + offset if offset else weight)
@@ -167,9 +172,9 @@ def _result_tap(module: nn.Module, cfg: BridgeConfig, layout: str, point: HookPo
         w_o = split_out_proj(mod.weight, layout, h, d)
         result = torch.einsum("bphd,hdm->bphm", z.reshape(*z.shape[:-1], h, d), w_o)
         new = point.fire(result)
-        if new is result:
+        if new is result and not point.bwd:
             return None
-        out = new.sum(-2)
+        out = new.sum(-2)  # (also when a backward function waits on the result)
         return out + mod.bias if getattr(mod, "bias", None) is not None else out
     return Tap(module, "post", fn)
 
@@ -312,9 +317,9 @@ def _halves_tap(module: nn.Module, first: HookPoint, second: HookPoint) -> Tap:
     def fn(mod, args, kwargs, output):
         a, b = output.chunk(2, dim=-1)
         new_a, new_b = first.fire(a), second.fire(b)
-        if new_a is a and new_b is b:
+        if new_a is a and new_b is b and not (first.bwd or second.bwd):
             return None
-        return torch.cat([new_a, new_b], dim=-1)
+        return torch.cat([new_a, new_b], dim=-1)  # (through the halves: backward functions fire)
     return Tap(module, "post", fn)
 
 
@@ -348,7 +353,7 @@ def _router_tap(router: nn.Module, state: RunState, logits_p: HookPoint, indices
         dense = torch.zeros_like(logits, dtype=weights.dtype).scatter(1, indices, weights)  # [N, E]
         shown = as_bp(dense)
         new = weights_p.fire(shown)
-        if new is shown:
+        if new is shown and not weights_p.bwd:
             return None
         new = new.reshape(dense.shape)
         unchosen = torch.ones_like(new, dtype=torch.bool).scatter(1, indices, False)
