@@ -36,7 +36,7 @@ from torch import nn
 from .adapters import Adapter, optional_module, split_out_proj
 from .attention import AttentionSite, register_site
 from .config import BridgeConfig
-from .errors import InputError
+from .family_taps import Rows, halves_tap, router_tap, rows_tap
 from .hook_points import HookPoint, Tap
 from .names import parse
 
@@ -195,7 +195,7 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if not flat:
             return p
         flat_points.append(p)
-        return _Rows(p, state, int(parse(p.name).layer))
+        return Rows(p, state, int(parse(p.name).layer))
 
     def post(module, name, multiplier=1.0, flat=False):
         p = point(name)
@@ -253,12 +253,12 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if router is not None:  # a mixture of experts: routing points, no per-expert hooks
             names = ("router_logits", "expert_indices", "expert_weights")  # the order they fire
             r_points = [point(f"blocks.{L}.mlp.hook_{n}") for n in names]
-            tap = _router_tap(router, state, *r_points)
+            tap = router_tap(router, state, *r_points)
             for p in r_points:
                 p.taps = (tap,)
         elif adapter.mlp_fused_gate_up:
             gate_p, up_p = point(f"blocks.{L}.mlp.hook_pre"), point(f"blocks.{L}.mlp.hook_pre_linear")
-            gate_p.taps = up_p.taps = (_halves_tap(get_module(block, adapter.mlp_in), gate_p, up_p),)
+            gate_p.taps = up_p.taps = (halves_tap(get_module(block, adapter.mlp_in), gate_p, up_p),)
         elif adapter.mlp_gate is not None:
             post(get_module(block, adapter.mlp_gate), f"blocks.{L}.mlp.hook_pre")
             post(get_module(block, adapter.mlp_in), f"blocks.{L}.mlp.hook_pre_linear")
@@ -273,97 +273,12 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out", r, flat)
         points[resid_post.name] = resid_post
         if flat_points:  # they need the block's batch rows: record them at the block's input
-            rows = _rows_tap(block, L, state)
+            rows = rows_tap(block, L, state)
             for p in flat_points:
                 p.taps = (rows, *p.taps)
             flat_points.clear()
     norm(get_module(model, adapter.ln_final), "ln_final")
     return points, sites
-
-
-def _rows_tap(block: nn.Module, layer: int, state: RunState) -> Tap:
-    """Record the batch rows of the block's input (the patch engine varies them per layer)."""
-    def fn(mod, args, kwargs):
-        state.block_rows[layer] = _first_arg(args, kwargs)[0].shape[0]
-    return Tap(block, "pre", fn)
-
-
-class _Rows:
-    """A hook point seen through a flattening: the module sees ``[batch * pos, ...]`` (OPT's MLP
-    half of the block), the point shows ``[batch, pos, ...]`` (batch: the rows the block
-    received); a write is flattened back."""
-
-    def __init__(self, point: HookPoint, state: RunState, layer: int) -> None:
-        self.point, self.state, self.layer = point, state, layer
-
-    @property
-    def bwd(self):
-        return self.point.bwd
-
-    def fire(self, value: torch.Tensor) -> torch.Tensor:
-        if value.dim() != 2:
-            return self.point.fire(value)
-        b = self.state.block_rows.get(self.layer, self.state.batch_size)
-        shown = value.reshape(b, value.shape[0] // b, value.shape[1])
-        new = self.point.fire(shown)
-        if new is shown and not self.point.bwd:
-            return value
-        return new.reshape(value.shape)  # (through ``shown``, so backward functions fire)
-
-
-def _halves_tap(module: nn.Module, first: HookPoint, second: HookPoint) -> Tap:
-    """A projection whose output is ``[first half | second half]`` (Phi-3's fused gate and up):
-    fire each half ``[b, p, d_mlp]`` on its own point; a write rebuilds the output."""
-    def fn(mod, args, kwargs, output):
-        a, b = output.chunk(2, dim=-1)
-        new_a, new_b = first.fire(a), second.fire(b)
-        if new_a is a and new_b is b and not (first.bwd or second.bwd):
-            return None
-        return torch.cat([new_a, new_b], dim=-1)  # (through the halves: backward functions fire)
-    return Tap(module, "post", fn)
-
-
-def _router_tap(router: nn.Module, state: RunState, logits_p: HookPoint, indices_p: HookPoint,
-                weights_p: HookPoint) -> Tap:
-    """A mixture-of-experts router returns ``(logits [N, E], weights [N, k], indices [N, k])``
-    over the ``N = batch * pos`` tokens. Fire ``hook_router_logits [b, p, E]`` and
-    ``hook_expert_indices [b, p, k]`` (read-only: the router has already chosen) and
-    ``hook_expert_weights [b, p, E]``, each expert's mixing weight, 0 for the experts not
-    chosen (as TransformerLens). It is writable for the chosen experts: their outputs are mixed
-    with the written weights; an unchosen expert cannot be given weight."""
-    def read_only(point: HookPoint, value: torch.Tensor) -> None:
-        if point.fire(value) is not value:
-            raise InputError(
-                f"{point.name} is read-only: the router chose the experts from these values "
-                "before the hook saw them, so a written value would be ignored. Write "
-                f"{weights_p.name} instead (zero an expert's weight to remove it).")
-
-    def fn(mod, args, kwargs, output):
-        logits, weights, indices = output[:3]
-        b = state.batch_size if logits.shape[0] % max(state.batch_size, 1) == 0 else 1
-
-        def as_bp(t: torch.Tensor) -> torch.Tensor:  # [N, x] -> [batch, pos, x]
-            return t.reshape(b, t.shape[0] // b, t.shape[-1])
-        if logits_p.active:
-            read_only(logits_p, as_bp(logits))
-        if indices_p.active:
-            read_only(indices_p, as_bp(indices))
-        if not weights_p.active:
-            return None
-        dense = torch.zeros_like(logits, dtype=weights.dtype).scatter(1, indices, weights)  # [N, E]
-        shown = as_bp(dense)
-        new = weights_p.fire(shown)
-        if new is shown and not weights_p.bwd:
-            return None
-        new = new.reshape(dense.shape)
-        unchosen = torch.ones_like(new, dtype=torch.bool).scatter(1, indices, False)
-        if bool((new[unchosen] != 0).any()):
-            raise InputError(
-                f"{weights_p.name}: a weight was written for an expert the router did not choose "
-                "for that token; only the chosen experts run (see hook_expert_indices). Write "
-                "weights only where hook_expert_indices points, or 0 elsewhere.")
-        return (logits, new.gather(1, indices), indices, *output[3:])
-    return Tap(router, "post", fn)
 
 
 def _mid_tap(ln2: nn.Module, layer: int, state: RunState, point: HookPoint) -> Tap:
