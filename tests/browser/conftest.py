@@ -27,7 +27,10 @@ CELLS = [
     "import torch\ntorch.set_num_threads(1)\n"
     "from workbench import Bridge\nfrom widgets import AttentionPanel, Workbench\n"
     "bridge = Bridge.from_pretrained('workbench-demo')",
-    f"wb = Workbench(bridge, prompt={CLEAN!r}, corrupted={CORRUPTED!r}, answer=' Nora', wrong=' Felix')\nwb",
+    # the patching panel's attribution estimate runs in the background and holds the model;
+    # panels made while it runs refuse to compute (a known limit: the lock refuses, not queues)
+    f"wb = Workbench(bridge, prompt={CLEAN!r}, corrupted={CORRUPTED!r}, answer=' Nora', wrong=' Felix')\n"
+    "wb.patching.wait(timeout=120)\nwb",
     f"markup = AttentionPanel(bridge, {MARKUP!r}, layer=1)\nmarkup",
     "from widgets import HookPicker\nsolo = HookPicker(bridge)  # no prompt yet\nsolo",
 ]
