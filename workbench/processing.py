@@ -51,24 +51,25 @@ def process_weights(bridge: Bridge, *, fold_ln: bool, center_writing_weights: bo
                     center_unembed: bool, fold_value_biases: bool) -> tuple[str, ...]:
     """Apply the chosen steps to ``bridge.model`` in place; returns the names of those applied."""
     _check_weights(bridge.model)
+    c = bridge.cfg
+
+    def skip(step: str, why: str) -> bool:
+        """Warn that ``step`` does not apply to this model, and why; returns False (not run)."""
+        warnings.warn(f"{step} skipped: this {c.model_type} model {why}", UserWarning, stacklevel=4)
+        return False
     if center_writing_weights and bridge.adapter.normalization != "LN":
-        warnings.warn(
-            f"center_writing_weights skipped: this {bridge.cfg.model_type} model uses "
-            f"{bridge.adapter.normalization}Norm, which does not subtract the mean, so centring "
-            "the residual stream would change the outputs.", UserWarning, stacklevel=3)
-        center_writing_weights = False
-    if fold_value_biases and bridge.cfg.clip_qkv is not None:
-        warnings.warn(
-            f"fold_value_biases skipped: this {bridge.cfg.model_type} model clamps V to "
-            f"[-{bridge.cfg.clip_qkv}, {bridge.cfg.clip_qkv}] after adding its bias (clip_qkv), so "
-            "moving the bias past the clamp would change the outputs.", UserWarning, stacklevel=3)
-        fold_value_biases = False
-    if center_unembed and bridge.cfg.output_logits_soft_cap is not None:
-        warnings.warn(
-            f"center_unembed skipped: this {bridge.cfg.model_type} model soft-caps its logits "
-            f"(cap * tanh(logits / cap), cap {bridge.cfg.output_logits_soft_cap}), and a shift of "
-            "every logit does not pass through tanh unchanged.", UserWarning, stacklevel=3)
-        center_unembed = False
+        center_writing_weights = skip(
+            "center_writing_weights", f"uses {bridge.adapter.normalization}Norm, which does not "
+            "subtract the mean, so centring the residual stream would change the outputs.")
+    if fold_value_biases and c.clip_qkv is not None:
+        fold_value_biases = skip(
+            "fold_value_biases", f"clamps V to [-{c.clip_qkv}, {c.clip_qkv}] after adding its bias "
+            "(clip_qkv), so moving the bias past the clamp would change the outputs.")
+    if center_unembed and c.output_logits_soft_cap is not None:
+        center_unembed = skip(
+            "center_unembed", f"soft-caps its logits (cap * tanh(logits / cap), cap "
+            f"{c.output_logits_soft_cap}), and a shift of every logit does not pass through tanh "
+            "unchanged.")
     done: list[str] = []
     with torch.no_grad():
         if fold_ln or center_writing_weights or center_unembed:
