@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import split_out_proj
+from .adapters import norm_factor, split_out_proj
 from .errors import HookNameError, InputError
 from .names import act_name
 
@@ -47,8 +47,8 @@ class CacheContext:
             if self.normalization_type == "LN":
                 x = x - x.mean(-1, keepdim=True)
             x = x / scale.to(x.dtype)
-            w = getattr(norm, "weight", None)
-            x = x if w is None else x * (w.detach() + self.norm_weight_offset).to(x.dtype)
+            w = norm_factor(norm, self.norm_weight_offset)
+            x = x if w is None else x * w.to(x.dtype)
         return x * self.residual_multiplier if self.residual_multiplier != 1.0 else x
 
     def post_norm_scale_name(self, layer: int) -> str | None:
@@ -58,8 +58,7 @@ class CacheContext:
     @property
     def ln_final_w(self) -> torch.Tensor | None:
         """The final norm's factor ``[d_model]``, or None when it has no weight."""
-        w = getattr(self.ln_final, "weight", None)
-        return None if w is None else w.detach() + self.norm_weight_offset
+        return norm_factor(self.ln_final, self.norm_weight_offset)
 
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""

@@ -174,15 +174,14 @@ def _fold_ln(bridge: Bridge) -> None:
         ln2 = optional_module(block, a.ln2)
         if ln2 is None and ln1 is not None and bridge.cfg.parallel_attn_mlp:
             ln2 = ln1  # parallel StableLM: one norm feeds both
-        if ln1 is None or ln2 is None:  # OLMo 2: no norm before the sublayer, nothing to fold
-            for norm, readers in ((ln1, qkv), (ln2, mlp)):
-                if norm is not None:
-                    _fold_norm(norm, readers, center, off)
-        elif ln1 is ln2:  # one shared norm feeds both (fold once, into every reader)
-            _fold_norm(ln1, qkv + mlp, center, off)
-        else:
-            _fold_norm(ln1, qkv, center, off)
-            _fold_norm(ln2, mlp, center, off)
+        # each norm folds once, into every reader it feeds (one shared norm: Phi, GPT-J); a
+        # missing one (OLMo 2 has no norm before the sublayers) has nothing to fold
+        feeds: dict[int, tuple[nn.Module, list]] = {}
+        for norm, readers in ((ln1, qkv), (ln2, mlp)):
+            if norm is not None:
+                feeds.setdefault(id(norm), (norm, []))[1].extend(readers)
+        for norm, readers in feeds.values():
+            _fold_norm(norm, readers, center, off)
     _fold_norm(_module(bridge, a.ln_final), [(_module(bridge, a.unembed), "linear")], center, off)
 
 

@@ -32,7 +32,7 @@ from . import (
     stablelm,
     starcoder2,
 )
-from .base import Adapter, norm_weight, optional_module, split_out_proj
+from .base import Adapter, norm_factor, norm_weight, optional_module, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
     gpt2.ADAPTER,
@@ -58,8 +58,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     gptj.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_weight", "optional_module", "split_out_proj",
-           "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_factor", "norm_weight", "optional_module",
+           "split_out_proj", "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:

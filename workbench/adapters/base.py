@@ -89,15 +89,19 @@ def optional_module(root, path: str | None):
         return None
 
 
-def norm_weight(adapter: Adapter, module) -> Any:
+def norm_factor(module, offset: float = 0.0) -> Any:
     """The factor a norm module multiplies by, ``[d]`` (detached), or None when it has no weight:
-    its ``weight`` plus the family's ``norm_weight_offset`` (Gemma stores ``w`` and scales by
-    ``1 + w``)."""
+    its ``weight`` plus ``offset`` (Gemma stores ``w`` and scales by ``1 + w``)."""
     w = getattr(module, "weight", None)
     if w is None:
         return None
     w = w.detach()
-    return w + adapter.norm_weight_offset if adapter.norm_weight_offset else w
+    return w + offset if offset else w
+
+
+def norm_weight(adapter: Adapter, module) -> Any:
+    """:func:`norm_factor` with the family's ``norm_weight_offset``."""
+    return norm_factor(module, adapter.norm_weight_offset)
 
 
 def split_out_proj(weight, layout: str, n_heads: int, d_head: int):
