@@ -49,6 +49,7 @@ VARIANTS = {
                                       "partial_rotary_factor": 0.25}),
     "stablelm_parallel": ("stablelm", {"use_parallel_residual": True}),
     "gptj": ("gptj", {}),
+    "bloom": ("bloom", {}),
 }
 
 

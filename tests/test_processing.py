@@ -35,8 +35,8 @@ def applies(bridge, step: str) -> bool:
     """Whether a step runs on this model: centring needs LayerNorm; folding value biases needs no
     clamp after them (OLMo's clip_qkv); centring the unembedding needs logits that are not
     soft-capped (Gemma 2). The others warn and skip."""
-    if step == "center_writing_weights":
-        return bridge.cfg.normalization_type == "LN"
+    if step == "center_writing_weights":  # BLOOM's embedding LayerNorm: no centred residual
+        return bridge.cfg.normalization_type == "LN" and bridge.adapter.embed_norm is None
     if step == "center_unembed":
         return bridge.cfg.output_logits_soft_cap is None
     return step != "fold_value_biases" or bridge.cfg.clip_qkv is None
@@ -156,7 +156,8 @@ def test_fold_ln(rb):
 
 def test_center_writing_weights(rb):
     if not applies(rb, "center_writing_weights"):
-        assert_skipped(rb, "center_writing_weights", "RMSNorm")
+        assert_skipped(rb, "center_writing_weights",
+                       "RMSNorm" if rb.cfg.normalization_type != "LN" else "embeddings")
         return
     rb.process_weights(**flags("center_writing_weights"))
     _, cache = run(rb)

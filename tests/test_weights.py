@@ -80,7 +80,10 @@ def test_weights_reproduce_activations(bridge):
     c = bridge.cfg
     logits, cache = bridge.run_with_cache(PROMPT)
     tokens = bridge.to_tokens(PROMPT)
-    close(cache["hook_embed"], bridge.W_E[tokens])
+    embedded = bridge.W_E[tokens]
+    if bridge.adapter.embed_norm is not None:  # BLOOM: hook_embed is its embedding norm's output
+        embedded = bridge.model.get_submodule(bridge.adapter.embed_norm)(embedded)
+    close(cache["hook_embed"], embedded)
     if c.positional_embedding_type == "standard":
         close(cache["hook_pos_embed"][0], bridge.W_pos[: tokens.shape[1]])
     else:
@@ -94,7 +97,7 @@ def test_weights_reproduce_activations(bridge):
             bridge, layer, key, torch.einsum("bpd,hde->bphe", x, getattr(bridge, f"W_{key.upper()}")[layer])
             + getattr(bridge, f"b_{key.upper()}")[layer]) for key in "qkv")
         close(v[:, :, ::g], cache["v", layer])  # hook_v is per kv head
-        if c.positional_embedding_type == "standard":
+        if c.positional_embedding_type != "rotary":
             close(q, cache["q", layer])
             close(k[:, :, ::g], cache["k", layer])
         else:  # rotary leaves position 0 unrotated, and the unrotated part of each head

@@ -36,7 +36,7 @@ class BridgeConfig:
     n_ctx: int
     eps: float
     act_fn: str
-    positional_embedding_type: str  # "standard" (learned) or "rotary"
+    positional_embedding_type: str  # "standard" (learned), "rotary" or "alibi"
     normalization_type: str  # "LN" or "RMS"
     gated_mlp: bool
     parallel_attn_mlp: bool

@@ -31,13 +31,15 @@ class Tap:
     """One PyTorch hook on one module, attached while at least one hook point needs it.
 
     ``kind`` is "pre" (``register_forward_pre_hook``) or "post" (``register_forward_hook``);
-    ``fn`` follows PyTorch's ``with_kwargs=True`` signatures.
+    ``fn`` follows PyTorch's ``with_kwargs=True`` signatures. ``first``: run before the module's
+    other hooks whenever it was attached (a norm's recomputation, or the per-head split of an
+    output projection, must precede a tap reading that module's output).
     """
 
-    __slots__ = ("module", "kind", "fn", "refs", "handle")
+    __slots__ = ("module", "kind", "fn", "first", "refs", "handle")
 
-    def __init__(self, module: nn.Module, kind: str, fn: Callable) -> None:
-        self.module, self.kind, self.fn = module, kind, fn
+    def __init__(self, module: nn.Module, kind: str, fn: Callable, first: bool = False) -> None:
+        self.module, self.kind, self.fn, self.first = module, kind, fn, first
         self.refs = 0
         self.handle = None
 
@@ -45,7 +47,7 @@ class Tap:
         if self.refs == 0:
             register = (self.module.register_forward_pre_hook if self.kind == "pre"
                         else self.module.register_forward_hook)
-            self.handle = register(self.fn, with_kwargs=True)
+            self.handle = register(self.fn, with_kwargs=True, prepend=self.first)
         self.refs += 1
 
     def release(self) -> None:

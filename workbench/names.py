@@ -10,6 +10,7 @@ Canonical names::
     blocks.{L}.ln1.hook_scale | hook_normalized, blocks.{L}.ln2.hook_scale | hook_normalized
     blocks.{L}.ln1_post.hook_* , blocks.{L}.ln2_post.hook_*   (norms after attention / MLP, Gemma 2)
     ln_final.hook_scale | hook_normalized
+    embed_ln.hook_scale | hook_normalized   (a norm right after the embedding, BLOOM)
 
 Short names ("pattern", "resid_pre", "q", ...) expand to canonical ones with :func:`act_name`, the
 way ``cache["pattern", 0]`` does.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from .errors import HookNameError
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(?:(attn|mlp|ln1_post|ln2_post|ln1|ln2)\.)?(hook_[a-z_]+)$")
-_TOP_RE = re.compile(r"^(?:(ln_final)\.)?(hook_[a-z_]+)$")
+_TOP_RE = re.compile(r"^(?:(ln_final|embed_ln)\.)?(hook_[a-z_]+)$")
 
 # short name -> (component, hook) for per-block activations
 _SHORT: dict[str, tuple[str, str]] = {
@@ -58,8 +59,8 @@ _LAYER_TYPES = {"ln1": "ln1", "ln2": "ln2", "ln_final": "ln_final", "a": "ln1", 
 @dataclass(frozen=True)
 class HookName:
     """A parsed hook name. ``layer`` is None for model-level names; ``component`` is one of
-    "", "attn", "mlp", "ln1", "ln2", "ln1_post", "ln2_post", "ln_final"; ``site`` is the final
-    ``hook_*`` part."""
+    "", "attn", "mlp", "ln1", "ln2", "ln1_post", "ln2_post", "ln_final", "embed_ln"; ``site`` is
+    the final ``hook_*`` part."""
 
     layer: int | None
     component: str
@@ -115,7 +116,7 @@ def act_name(name: str, layer: int | None = None, layer_type: str | None = None,
     gives ``"blocks.2.ln1.hook_scale"``; ``act_name("scale")`` gives ``"ln_final.hook_scale"``.
     A negative layer counts from the end and needs ``n_layers``. A canonical name passes through.
     """
-    if name.startswith(("blocks.", "hook_", "ln_final.")):
+    if name.startswith(("blocks.", "hook_", "ln_final.", "embed_ln.")):
         return name
     name = _ALIASES.get(name, name)
     if layer is not None and layer < 0:

@@ -128,20 +128,24 @@ def _first_arg(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, d
     return args, {**kwargs, "hidden_states": value}
 
 
-def _grow_rows(value, rows: int, new_rows: int, period: int):
+def _grow_rows(value, rows: int, new_rows: int, period: int, heads: int):
     """``value`` (a block argument) for ``new_rows`` rows instead of ``rows``: a tensor whose
-    first axis is the rows (2-D or more) repeats its first ``period`` rows; tuples and lists are
+    first axis is the rows (2-D or more), or rows times ``heads`` (BLOOM's ALiBi bias
+    ``[rows * heads, 1, k]``, row-major), repeats its first ``period`` rows; tuples and lists are
     walked; anything else (and tensors shared by every row) is returned as is."""
     if isinstance(value, torch.Tensor):
-        if value.ndim >= 2 and value.shape[0] == rows and rows != new_rows:
-            return value[:period].repeat(new_rows // period, *([1] * (value.ndim - 1)))
+        if value.ndim >= 2 and rows != new_rows and value.shape[0] in (rows, rows * heads):
+            per_row = value.shape[0] // rows
+            shown = value.reshape(rows, per_row, *value.shape[1:])[:period]
+            grown = shown.repeat(new_rows // period, *([1] * (shown.ndim - 1)))
+            return grown.reshape(new_rows * per_row, *value.shape[1:])
         return value
     if isinstance(value, (tuple, list)):
-        return type(value)(_grow_rows(v, rows, new_rows, period) for v in value)
+        return type(value)(_grow_rows(v, rows, new_rows, period, heads) for v in value)
     return value
 
 
-def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int):
+def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int, heads: int):
     """A forward pre-hook for a block after the pass's first: append ``extra`` rows
     ``[k, pos, d_model]`` (if any) to its hidden states (first argument), and grow the per-row
     arguments the model hands every block (sized for the pass's ``first_rows`` input rows) to
@@ -151,8 +155,9 @@ def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int):
         if extra is not None:
             hidden = torch.cat([hidden, extra.to(hidden.dtype)])
         rows = hidden.shape[0]
-        rest = tuple(_grow_rows(a, first_rows, rows, period) for a in args[1:])
-        kw = {k: _grow_rows(v, first_rows, rows, period) for k, v in kwargs.items() if k != "hidden_states"}
+        rest = tuple(_grow_rows(a, first_rows, rows, period, heads) for a in args[1:])
+        kw = {k: _grow_rows(v, first_rows, rows, period, heads) for k, v in kwargs.items()
+              if k != "hidden_states"}
         return _first_arg((hidden, *rest) if args else (), kw, hidden)
     return hook
 
@@ -192,7 +197,7 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
         first_rows = joining[L0] * plan.batch
         for L in range(L0 + 1, n_layers) if len(joining) > 1 else ():
             extra = plan.resid[L][:, P0:].repeat(joining[L], 1, 1) if L in joining else None
-            hook = _join_hook(extra, first_rows, plan.batch)
+            hook = _join_hook(extra, first_rows, plan.batch, plan.bridge.cfg.n_heads)
             handles.append(blocks[L].register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
         if L0 > 0:
             setattr(parent, attr, torch.nn.ModuleList(list(blocks)[L0:]))

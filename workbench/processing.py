@@ -61,6 +61,11 @@ def process_weights(bridge: Bridge, *, fold_ln: bool, center_writing_weights: bo
         center_writing_weights = skip(
             "center_writing_weights", f"uses {bridge.adapter.normalization}Norm, which does not "
             "subtract the mean, so centring the residual stream would change the outputs.")
+    if center_writing_weights and bridge.adapter.embed_norm is not None:
+        center_writing_weights = skip(
+            "center_writing_weights", "normalises its embeddings with a learned LayerNorm "
+            f"({bridge.adapter.embed_norm}), whose output no weight rewrite can centre, so the "
+            "residual stream would not be centred.")
     if fold_value_biases and c.clip_qkv is not None:
         fold_value_biases = skip(
             "fold_value_biases", f"clamps V to [-{c.clip_qkv}, {c.clip_qkv}] after adding its bias "

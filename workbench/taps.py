@@ -3,14 +3,17 @@
 Every name maps to PyTorch forward (pre-)hooks on the HF modules the adapter names:
 
 ==============================  ==============================================================
-``hook_embed``                  output of the token embedding (times Granite's embedding_multiplier)
+``hook_embed``                  output of the token embedding (times Granite's embedding_multiplier);
+                                where a norm follows the embedding (BLOOM), that norm's output
+``embed_ln.hook_*``             that norm's ``hook_scale`` / ``hook_normalized`` (BLOOM)
 ``hook_pos_embed``              output of the learned position embedding (absent with rotary)
 ``blocks.L.hook_resid_pre``     the block's input (pre-hook on the block)
 ``blocks.L.hook_resid_mid``     input of ln2 (sequential blocks only); a write is carried into
                                 the block's output too, so everything downstream sees it
 ``blocks.L.hook_resid_post``    the block's output
 ``blocks.L.hook_attn_out``      attention module's output (after W_O and its bias), or the
-                                output of the norm after it where the family has one (Gemma 2);
+                                output of the norm after it where the family has one (Gemma 2),
+                                or of W_O where the module adds the residual itself (BLOOM);
                                 times Granite's residual_multiplier (likewise hook_mlp_out)
 ``blocks.L.hook_mlp_out``       MLP module's output (likewise after a post-MLP norm)
 ``blocks.L.ln1|ln2.hook_*``     ``hook_scale [b, p, 1]`` and ``hook_normalized [b, p, d_model]``
@@ -152,7 +155,7 @@ def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: 
         out = new_norm if weight is None else new_norm * (weight + offset if offset else weight)
         bias = getattr(mod, "bias", None)
         return out + bias if bias is not None else out
-    return Tap(module, "post", fn)
+    return Tap(module, "post", fn, first=True)  # before a tap reading the norm's output
 
 
 def _norm_eps(module: nn.Module, default: float) -> float:
@@ -176,7 +179,7 @@ def _result_tap(module: nn.Module, cfg: BridgeConfig, layout: str, point: HookPo
             return None
         out = new.sum(-2)  # (also when a backward function waits on the result)
         return out + mod.bias if getattr(mod, "bias", None) is not None else out
-    return Tap(module, "post", fn)
+    return Tap(module, "post", fn, first=True)  # before hook_attn_out where it reads this module
 
 
 def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
@@ -212,7 +215,12 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
 
     flat = adapter.mlp_flat_rows
 
-    post(get_module(model, adapter.embed), "hook_embed", cfg.embed_multiplier)
+    embed_norm = optional_module(model, adapter.embed_norm)
+    if embed_norm is None:
+        post(get_module(model, adapter.embed), "hook_embed", cfg.embed_multiplier)
+    else:  # BLOOM: the residual stream receives the embedding's norm's output
+        norm(embed_norm, "embed_ln")
+        post(embed_norm, "hook_embed")
     r = cfg.residual_multiplier
     if adapter.pos_embed is not None:
         p = point("hook_pos_embed")
@@ -236,8 +244,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         if adapter.attn_post_norm is not None:  # Gemma 2: the residual receives the norm's output
             norm(get_module(block, adapter.attn_post_norm), f"blocks.{L}.ln1_post")
             post(get_module(block, adapter.attn_post_norm), f"blocks.{L}.hook_attn_out", r)
-        else:
-            post(get_module(block, adapter.attn), f"blocks.{L}.hook_attn_out", r)
+        else:  # BLOOM's attention module adds the residual itself: tap its projection
+            writer = adapter.attn_out_proj if adapter.residual_inside_sublayers else adapter.attn
+            post(get_module(block, writer), f"blocks.{L}.hook_attn_out", r)
         resid_post = HookPoint(f"blocks.{L}.hook_resid_post")  # placed in order below
         block_post = _block_post_tap(block, L, state, resid_post)
         resid_post.taps = (block_post,)
@@ -270,7 +279,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             norm(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.ln2_post")
             post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out", r)
         else:
-            post(get_module(block, adapter.mlp), f"blocks.{L}.hook_mlp_out", r, flat)
+            writer = adapter.mlp_out if adapter.residual_inside_sublayers else adapter.mlp
+            post(get_module(block, writer), f"blocks.{L}.hook_mlp_out", r, flat)
         points[resid_post.name] = resid_post
         if flat_points:  # they need the block's batch rows: record them at the block's input
             rows = rows_tap(block, L, state)

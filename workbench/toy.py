@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 from transformers import (
     AutoModelForCausalLM,
+    BloomConfig,
     CohereConfig,
     Gemma2Config,
     Gemma3TextConfig,
@@ -86,7 +87,7 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
-FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt", "gptj")
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt", "gptj", "bloom")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
@@ -127,6 +128,9 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
                          ffn_dim=4 * d_model, vocab_size=vocab, max_position_embeddings=128,
                          word_embed_proj_dim=d_model, bos_token_id=0, eos_token_id=0, pad_token_id=1,
                          **extra)
+    if family == "bloom":
+        return BloomConfig(n_layer=n_layers, hidden_size=d_model, n_head=n_heads, vocab_size=vocab,
+                           bos_token_id=0, eos_token_id=0, pad_token_id=1, **extra)
     if family == "phi":
         extra.setdefault("partial_rotary_factor", 0.5)
         return PhiConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,

@@ -133,9 +133,11 @@ def _W_O(bridge: Bridge) -> torch.Tensor:
 
 def _W_pos(bridge: Bridge) -> torch.Tensor:
     if bridge.adapter.pos_embed is None:
+        how = ("as a per-head bias on the attention scores (inside hook_attn_scores)"
+               if bridge.cfg.positional_embedding_type == "alibi"
+               else "through W_Q/W_K after rotation (see hook_q/hook_k)")
         raise InputError(f"This {bridge.cfg.model_type} model uses {bridge.cfg.positional_embedding_type} "
-                         "positions applied inside attention; it has no W_pos. Positions enter "
-                         "through W_Q/W_K after rotation (see hook_q/hook_k).")
+                         f"positions applied inside attention; it has no W_pos. Positions enter {how}.")
     # OPT keeps 2 rows before position 0
     return bridge.model.get_submodule(bridge.adapter.pos_embed).weight.detach()[bridge.adapter.pos_offset:]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from . import (
+    bloom,
     cohere,
     gemma,
     gpt2,
@@ -56,6 +57,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     opt.ADAPTER,
     stablelm.ADAPTER,
     gptj.ADAPTER,
+    bloom.ADAPTER,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_factor", "norm_weight", "optional_module",

@@ -42,7 +42,7 @@ class Adapter:
     mlp_out: str  # W_out
     linear_layout: Literal["linear", "conv1d"]
     normalization: Literal["LN", "RMS"]  # "LN" also covers a LayerNorm without weight/bias (OLMo)
-    positional: Literal["standard", "rotary"]
+    positional: Literal["standard", "rotary", "alibi"]
     read_config: Callable[[Any], dict]
     # per-head norms applied to Q and K after the projections and before rotary (Qwen3's
     # q_norm/k_norm), relative to a block; hook_q/hook_k are then taken after them. A model whose
@@ -76,6 +76,13 @@ class Adapter:
     # families whose attention bypasses transformers' attention interface (GPT-J): the model is
     # loaded with eager attention, and this installs the hooked path on each attention module
     install_attention: Callable[[Any], None] | None = None
+    # a norm between the token embedding and the first block (BLOOM's word_embeddings_layernorm),
+    # relative to the model: hook_embed is then its output, what the residual stream receives,
+    # and its embed_ln.hook_scale / hook_normalized points are shown
+    embed_norm: str | None = None
+    # the attention and MLP modules return their output plus the residual (BLOOM): hook_attn_out
+    # and hook_mlp_out are then the outputs of the output projections (attn_out_proj, mlp_out)
+    residual_inside_sublayers: bool = False
 
 
 def optional_module(root, path: str | None):
