@@ -288,13 +288,18 @@ def _attention(adapter, cfg: dict, config) -> str:
     return ", ".join([f"{kind}, {h} query / {kv} K/V heads", *extras])
 
 
+_POSITIONS = {"standard": "learned absolute", "rotary": "rotary", "alibi": "ALiBi"}
+
+
 def _positions(adapter, cfg: dict) -> str:
     if adapter.positional != "rotary":
-        return "learned absolute"
+        return _POSITIONS[adapter.positional]
     return f"rotary ({cfg['rotary_dim']} of {cfg['d_head']} dims)"
 
 
 SUPPORT_RESULTS = ROOT / "docs" / "support_results.json"
+# encoder families (not causal LMs, so not VARIANTS entries) and the test module that covers them
+ENCODER_TESTS = {"bert": "test_encoder.py"}
 
 
 def _cell(outcomes: list[set[str]], note: str = "") -> str:
@@ -336,7 +341,7 @@ def results_table(results: dict, by_family: dict[str, list[str]], facts: dict[st
 
 def support_table() -> str:
     """The support page's tables (markdown), derived from the tests and the adapters."""
-    from workbench.adapters import ADAPTERS, adapter_for
+    from workbench.adapters import ADAPTERS, adapter_for, for_model
     from workbench.toy import tiny_config
 
     variants = load_variants()
@@ -346,7 +351,7 @@ def support_table() -> str:
     rows = []
     for vid, (family, kw) in variants.items():
         config = tiny_config(family, **kw)
-        adapter = adapter_for(config.model_type)
+        adapter = for_model(adapter_for(config.model_type), config)  # Falcon's layout varies
         cfg = adapter.read_config(config)
         by_family.setdefault(adapter.family, []).append(vid)
         kv, h = cfg["n_kv_heads"], cfg["n_heads"]
@@ -361,6 +366,8 @@ def support_table() -> str:
     fam_rows = []
     for a in ADAPTERS:
         covered = ", ".join(f"`{v}`" for v in by_family.get(a.family, []))
+        if a.encoder:  # not a causal LM: its own tests (the decoder variants' do not apply)
+            covered = f"`tests/{ENCODER_TESTS[a.family]}`" if a.family in ENCODER_TESTS else ""
         if not covered:
             log.warning("adapter family %r has no variant in tests/conftest.py VARIANTS: it is not "
                         "tested, so the docs do not list it as supported (add a variant)", a.family)
@@ -368,7 +375,7 @@ def support_table() -> str:
         fam_rows.append(
             f"| `{a.family}` | {', '.join(f'`{t}`' for t in a.model_types)} | {covered} | "
             f"{_LINEAR[a.linear_layout]}, {_QKV[a.qkv_layout]} | "
-            f"{'learned absolute' if a.positional == 'standard' else 'rotary'} |"
+            f"{_POSITIONS[a.positional]} |"
         )
     n_tests = sum(len(m.tests) for m in modules)
     mod_rows = [f"| `tests/{m.name}` | {len(m.tests)} | {m.summary} |" for m in modules]

@@ -50,7 +50,29 @@ VARIANTS = {
     "stablelm_parallel": ("stablelm", {"use_parallel_residual": True}),
     "gptj": ("gptj", {}),
     "bloom": ("bloom", {}),
+    # Falcon-7B's layout (one K/V head, one norm, parallel) and Falcon-40B's (grouped K/V fused
+    # per group, two norms, parallel); the RW checkpoints' ALiBi layout: tests/test_falcon_alibi.py
+    "falcon_mqa": ("falcon", {"multi_query": True, "parallel_attn": True}),
+    "falcon_gqa": ("falcon", {"n_kv_heads": 2, "new_decoder_architecture": True,
+                              "num_ln_in_parallel_attn": 2, "bias": True}),
 }
+
+
+# variants TransformerLens 4 cannot load, and why (its tests skip them, saying so)
+TL_CANNOT_LOAD = {
+    "falcon_gqa": "TransformerLens 4 cannot load Falcon's new_decoder_architecture: it splits "
+                  "the fused Q/K/V as [q | k | v] with one K/V head",
+}
+
+
+def boot_transformer_lens(variant: str, folder):
+    """TransformerLens's bridge on a saved variant, or a skip naming why it cannot load it."""
+    pytest.importorskip("transformer_lens")
+    if variant in TL_CANNOT_LOAD:
+        pytest.skip(TL_CANNOT_LOAD[variant])
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="session", params=list(VARIANTS))

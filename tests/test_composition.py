@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import boot_transformer_lens
 
 from workbench import Bridge, InputError
 from workbench.composition import (
@@ -101,11 +102,8 @@ def test_low_precision_weights_compute_in_float32(bridge):
 
 
 def test_matches_transformer_lens(saved):
-    pytest.importorskip("transformer_lens")
-    from transformer_lens.model_bridge import TransformerBridge
-
     folder = saved[1]
-    tl = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
+    tl = boot_transformer_lens(*saved)
     ours = Bridge.from_pretrained(str(folder))
     for kind in "qkv":
         theirs = tl.all_composition_scores(kind.upper()).scores

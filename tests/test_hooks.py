@@ -171,12 +171,11 @@ def test_every_point_takes_backward_functions(bridge):
 
 
 def test_unsupported_model_lists_supported(tmp_path):
-    from transformers import BertConfig
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=64, vocab_size=50).save_pretrained(tmp_path)
+    from transformers import T5Config  # an encoder-decoder
+    T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64, vocab_size=50).save_pretrained(tmp_path)
     from workbench import Bridge
     from workbench.adapters import supported_model_types
-    with pytest.raises(UnsupportedModelError, match="'bert' is not supported") as err:
+    with pytest.raises(UnsupportedModelError, match="'t5' is not supported") as err:
         Bridge.from_pretrained(str(tmp_path))
     assert ", ".join(supported_model_types()) in str(err.value)
 

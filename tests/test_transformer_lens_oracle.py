@@ -19,7 +19,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformer_lens")
-from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
+from conftest import boot_transformer_lens  # noqa: E402
 
 from workbench import Bridge  # noqa: E402
 
@@ -32,7 +32,7 @@ TL_SCORES_ARE_PATTERN = ("opt", "gptj")  # TL 4.x puts the softmaxed pattern und
 @pytest.fixture
 def pair(saved):
     variant, folder = saved
-    tl = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
+    tl = boot_transformer_lens(variant, folder)
     tl.eval()
     ours = Bridge.from_pretrained(str(folder))
     with torch.no_grad():
@@ -113,6 +113,6 @@ def test_rotary_hook_q_is_post_rotary_unlike_transformer_lens(pair):
     if ours.cfg.positional_embedding_type != "rotary":
         pytest.skip("no rotary")
     if "blocks.0.attn.hook_rot_q" not in tl_cache.keys():
-        pytest.skip("TransformerLens exposes no post-rotary q for this family (GPT-NeoX)")
+        pytest.skip("TransformerLens exposes no post-rotary q for this family (GPT-NeoX, Falcon)")
     assert _rel(tl_cache["blocks.0.attn.hook_q"], our_cache["blocks.0.attn.hook_q"]) > 1e-2
     assert _rel(tl_cache["blocks.0.attn.hook_rot_q"], our_cache["blocks.0.attn.hook_q"]) < TOL

@@ -98,11 +98,12 @@ def _repeat_heads(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:
     return x if groups == 1 else torch.repeat_interleave(x, groups, dim=dim)
 
 
-def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int,
-             device: torch.device) -> torch.Tensor:
+def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device,
+             causal: bool = True) -> torch.Tensor:
     """Boolean ``[b or 1, 1, q, k]``: True where a query may attend to a key."""
-    if mask is None:  # plain causal run; queries are the last q_len of k_len positions
-        return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
+    if mask is None:  # plain run; causal: queries are the last q_len of k_len positions
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+        return (allowed.tril(k_len - q_len) if causal else allowed)[None, None]
     if mask.dtype == torch.bool:
         return mask[..., :q_len, :k_len]
     return mask[..., :q_len, :k_len] > torch.finfo(mask.dtype).min / 2
@@ -139,7 +140,8 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         scores = scores + attention_mask[..., : key.shape[-2]]  # additive (e.g. ALiBi) masks
-    allowed = _allowed(attention_mask, query.shape[2], key.shape[2], query.device)
+    allowed = _allowed(attention_mask, query.shape[2], key.shape[2], query.device,
+                       causal=getattr(module, "is_causal", True))  # False: an encoder
     scores.masked_fill_(~allowed, float("-inf"))  # scores is a fresh tensor here
     if site.scores.active:
         scores = site.scores.fire(scores)

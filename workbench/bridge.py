@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import memory
-from .adapters import Adapter, adapter_for
-from .attention import ATTN_IMPLEMENTATION, ensure_registered
+from .adapters import Adapter, adapter_for, for_model
+from .attention import ensure_registered
 from .cache import ActivationCache, CacheContext
 from .config import BridgeConfig
 from .errors import InputError, TokenizerError, UnsupportedModelError
@@ -54,9 +54,12 @@ class Bridge:
         )
         self._state = RunState()
         self.processing: tuple[str, ...] = ()  # weight processing applied (process_weights)
-        points, self._sites = build_hook_points(model, adapter, self.cfg, self._state)
+        points, self._sites = self._build_hook_points()
         self._hooks = HookRegistry(points, self.cfg)
         self._cache_context = self._make_cache_context()
+
+    def _build_hook_points(self):
+        return build_hook_points(self.model, self.adapter, self.cfg, self._state)
 
     def _make_cache_context(self) -> CacheContext:
         """The weights the cache's decompositions read (rebuilt after weight processing)."""
@@ -99,7 +102,11 @@ class Bridge:
             raise UnsupportedModelError(
                 f"Expected a transformers PreTrainedModel; got {type(model).__name__}."
             )
-        adapter = adapter_for(config.model_type)
+        adapter = for_model(adapter_for(config.model_type), config)
+        if adapter.encoder:  # BERT-style: its own bridge (see workbench.encoder)
+            from .encoder import EncoderBridge
+
+            return EncoderBridge.wrap(model, tokenizer, adapter)
         try:
             get_module(model, adapter.blocks)
             get_module(model, adapter.unembed)
@@ -110,8 +117,8 @@ class Bridge:
                 "AutoModelForCausalLM."
             ) from err
         ensure_registered()
-        # a family outside the attention interface runs eager, with the hooked path installed
-        model.set_attn_implementation("eager" if adapter.install_attention else ATTN_IMPLEMENTATION)
+        # a family outside the attention interface runs its own path, with the hooked one installed
+        model.set_attn_implementation(adapter.attn_implementation)
         return cls(model, tokenizer, adapter)
 
     @classmethod
@@ -315,8 +322,7 @@ class Bridge:
             if attention_mask is not None:
                 raise InputError("attention_mask is built from text input; pass it only with "
                                  "token ids.")
-            enc = encode(self.tokenizer, input, prepend_bos=prepend_bos,
-                         padding_side=padding_side)
+            enc = self._encode_text(input, prepend_bos, padding_side)
         elif isinstance(input, torch.Tensor):
             enc = self._check_token_tensor(input, attention_mask)
         else:
@@ -329,6 +335,9 @@ class Bridge:
             )
         device = get_module(self.model, self.adapter.embed).weight.device
         return Encoded(enc.tokens.to(device), enc.attention_mask.to(device))
+
+    def _encode_text(self, texts, prepend_bos, padding_side) -> Encoded:
+        return encode(self.tokenizer, texts, prepend_bos=prepend_bos, padding_side=padding_side)
 
     def _check_token_tensor(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -361,7 +370,7 @@ class Bridge:
         """One string per token: a list for one prompt or a 1-D / [1, pos] tensor; a list of
         lists for a list of prompts (padding dropped)."""
         if isinstance(input, (list, tuple)):
-            enc = encode(self.tokenizer, input, prepend_bos=prepend_bos, padding_side="right")
+            enc = self._encode_text(input, prepend_bos, "right")
             return [decode_each(self.tokenizer, row[m.bool()].tolist())
                     for row, m in zip(enc.tokens, enc.attention_mask, strict=True)]
         if isinstance(input, str):

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .adapters import adapter_for
-from .attention import ATTN_IMPLEMENTATION, ensure_registered
+from .adapters import adapter_for, for_model
+from .attention import ensure_registered
 from .errors import InputError
 
 DEMO_NAME = "workbench-demo"
@@ -41,10 +41,11 @@ def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
                                         trust_remote_code=trust_remote_code)
     adapter = adapter_for(config.model_type)  # unsupported types fail before any weights load
     ensure_registered()
-    model = AutoModelForCausalLM.from_pretrained(
+    auto = AutoModel if adapter.encoder else AutoModelForCausalLM  # an encoder loads headless
+    model = auto.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code,
         dtype=dtype or torch.float32, device_map=device_map,
-        attn_implementation="eager" if adapter.install_attention else ATTN_IMPLEMENTATION,
+        attn_implementation=for_model(adapter, config).attn_implementation,
     )
     if device is not None:
         model.to(device)

@@ -221,7 +221,7 @@ def _v_bias(bridge: Bridge, layer: int) -> torch.Tensor | None:
         return bias.view(g, d)
     if a.qkv_layout == "fused":  # [q (h*d) | k (g*d) | v (g*d)]
         return bias[(h + g) * d:].view(g, d)
-    return bias.view(h, 3, d)[:, 2]  # per_head: [head, (q, k, v), d]
+    return bias.view(g, h // g + 2, d)[:, -1]  # per_head: [kv head, (its queries, k, v), d]
 
 
 def _fold_value_biases(bridge: Bridge) -> bool:

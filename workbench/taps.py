@@ -86,12 +86,16 @@ def _main(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _post_tap(module: nn.Module, point: HookPoint, multiplier: float = 1.0) -> Tap:
+def _post_tap(module: nn.Module, point: HookPoint, multiplier: float = 1.0,
+              copy: bool = False) -> Tap:
     """A forward hook firing one point on the module's (first) output. ``multiplier``: the model
     multiplies that output by it before using it (Granite), so the point shows the product and
-    a written value is divided back."""
+    a written value is divided back. ``copy``: the model modifies that output in place
+    afterwards (Falcon), so it is handed a copy and the point's tensor stays as shown."""
     def fn(mod, args, kwargs, output):
         value = _main(output)
+        if copy:
+            return _replace_output(output, point.fire(value).clone())
         if multiplier != 1.0:
             shown = value * multiplier
             new = point.fire(shown)
@@ -200,9 +204,9 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
         flat_points.append(p)
         return Rows(p, state, int(parse(p.name).layer))
 
-    def post(module, name, multiplier=1.0, flat=False):
+    def post(module, name, multiplier=1.0, flat=False, copy=False):
         p = point(name)
-        p.taps = (_post_tap(module, seen(p, flat), multiplier),)
+        p.taps = (_post_tap(module, seen(p, flat), multiplier, copy),)
 
     def pre(module, name, flat=False):
         p = point(name)
@@ -280,7 +284,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             post(get_module(block, adapter.mlp_post_norm), f"blocks.{L}.hook_mlp_out", r)
         else:
             writer = adapter.mlp_out if adapter.residual_inside_sublayers else adapter.mlp
-            post(get_module(block, writer), f"blocks.{L}.hook_mlp_out", r, flat)
+            post(get_module(block, writer), f"blocks.{L}.hook_mlp_out", r, flat,
+                 adapter.mlp_out_modified_in_place)
         points[resid_post.name] = resid_post
         if flat_points:  # they need the block's batch rows: record them at the block's input
             rows = rows_tap(block, L, state)

@@ -57,8 +57,10 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def encode(tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool | None,
-           padding_side: str | None) -> Encoded:
-    """Tokenise ``texts`` into an :class:`Encoded` batch (shapes ``[len(texts), max_len]``)."""
+           padding_side: str | None, special_tokens: bool = False) -> Encoded:
+    """Tokenise ``texts`` into an :class:`Encoded` batch (shapes ``[len(texts), max_len]``).
+    ``special_tokens``: the tokenizer adds its own (an encoder's ``[CLS] ... [SEP]``), and no BOS
+    is prepended."""
     need_tokenizer(tokenizer, "Tokenising text")
     if isinstance(texts, str):
         texts = [texts]
@@ -75,12 +77,14 @@ def encode(tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool | None,
     side = padding_side or getattr(tokenizer, "padding_side", None) or "right"
     if side not in ("left", "right"):
         raise InputError(f"padding_side must be 'left' or 'right', got {side!r}.")
-    bos = bos_id(tokenizer)
-    if prepend_bos is None:
+    bos = None if special_tokens else bos_id(tokenizer)
+    if special_tokens:
+        prepend_bos = False
+    elif prepend_bos is None:
         prepend_bos = bos is not None
     elif prepend_bos and bos is None:
         raise TokenizerError("prepend_bos=True, but the tokenizer has no BOS (or EOS) token.")
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
     rows = [([bos] if prepend_bos else []) + list(r) for r in ids]
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)

@@ -14,8 +14,10 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE, WordLevel
 from transformers import (
     AutoModelForCausalLM,
+    BertConfig,
     BloomConfig,
     CohereConfig,
+    FalconConfig,
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
@@ -87,7 +89,7 @@ _LLAMA_LIKE = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Con
 # their configs default to a head_dim of 128 or 256
 _EXPLICIT_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3", "qwen3_moe")
 _GEMMA = ("gemma", "gemma2", "gemma3")  # RMSNorms scale by 1 + weight (stored near 0)
-FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt", "gptj", "bloom")
+FAMILIES = ("gpt2", *_LLAMA_LIKE, "gpt_neox", "phi", "opt", "gptj", "bloom", "falcon")
 
 
 def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
@@ -131,6 +133,15 @@ def tiny_config(family: str, *, n_layers: int = 2, d_model: int = 64, n_heads: i
     if family == "bloom":
         return BloomConfig(n_layer=n_layers, hidden_size=d_model, n_head=n_heads, vocab_size=vocab,
                            bos_token_id=0, eos_token_id=0, pad_token_id=1, **extra)
+    if family == "bert":  # an encoder: build it with AutoModel.from_config
+        return BertConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                          intermediate_size=4 * d_model, vocab_size=vocab, max_position_embeddings=128,
+                          pad_token_id=1, **extra)
+    if family == "falcon":  # ``multi_query``, ``new_decoder_architecture``, ``alibi``... in extra
+        return FalconConfig(num_hidden_layers=n_layers, hidden_size=d_model,
+                            num_attention_heads=n_heads, num_kv_heads=n_kv_heads or n_heads,
+                            vocab_size=vocab, max_position_embeddings=128, bos_token_id=0,
+                            eos_token_id=0, pad_token_id=1, **extra)
     if family == "phi":
         extra.setdefault("partial_rotary_factor", 0.5)
         return PhiConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,

@@ -3,7 +3,8 @@
 Nothing is guessed from tensor shapes: each adapter declares where Q/K/V live and how they are
 laid out (``split``: separate q/k/v projections; ``fused``: one projection whose output is
 ``[q | k | v]``, GPT-2; ``per_head``: one projection whose output is ``[head, (q, k, v), d_head]``,
-GPT-NeoX) and whether linears are stored ``[out, in]`` (``linear``) or ``[in, out]`` (``conv1d``).
+GPT-NeoX, or with grouped K/V ``[kv head, (its query heads, k, v), d_head]``, Falcon) and whether
+linears are stored ``[out, in]`` (``linear``) or ``[in, out]`` (``conv1d``).
 
 Shapes (row-vector convention, ``x @ W``; ``L`` layers, ``H`` query heads, ``D`` d_model):
 
@@ -64,10 +65,11 @@ def qkv_weights(bridge: Bridge, layer: int) -> dict[str, tuple[torch.Tensor, tor
         if a.qkv_layout == "fused":  # output = [q (h*d) | k (kv*d) | v (kv*d)]
             sizes = [h * d, kv * d, kv * d]
             ws, bs = w.split(sizes, -1), (b.split(sizes, -1) if b is not None else (None,) * 3)
-        else:  # per_head: output = [head, (q, k, v), d_head]
-            w4 = w.reshape(w.shape[0], h, 3, d)
-            ws = [w4[:, :, j].reshape(w.shape[0], h * d) for j in range(3)]
-            bs = [b.reshape(h, 3, d)[:, j].reshape(h * d) for j in range(3)] if b is not None \
+        else:  # per_head: output = [kv head, (its g query heads, k, v), d_head]
+            g = h // kv
+            parts = [slice(0, g), slice(g, g + 1), slice(g + 1, g + 2)]  # q, k, v in each group
+            ws = [w.reshape(w.shape[0], kv, g + 2, d)[:, :, j].reshape(w.shape[0], -1) for j in parts]
+            bs = [b.reshape(kv, g + 2, d)[:, j].reshape(-1) for j in parts] if b is not None \
                 else [None] * 3
         parts = list(zip(ws, bs, strict=True))
     out = {}

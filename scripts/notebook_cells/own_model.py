@@ -111,17 +111,18 @@ CELLS = [
         assert cache['k', 0].shape[2] == gqa.cfg.n_heads  # expanded per query head
     """),
     md("""
-        A model type without an adapter fails before any weights load, and says what is supported:
+        A model type without an adapter fails before any weights load, and says what is supported
+        (MPT computes attention inline, outside transformers' attention interface):
     """),
     code("""
-        from transformers import BloomConfig
+        from transformers import MptConfig
 
         from workbench import UnsupportedModelError
 
-        bloom = AutoModelForCausalLM.from_config(BloomConfig(
-            hidden_size=32, n_layer=1, n_head=2, vocab_size=50))
+        mpt = AutoModelForCausalLM.from_config(MptConfig(
+            d_model=32, n_layers=1, n_heads=2, vocab_size=50))
         try:
-            Bridge.from_hf(bloom)
+            Bridge.from_hf(mpt)
         except UnsupportedModelError as err:
             print(err)
         else:

