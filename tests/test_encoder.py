@@ -119,3 +119,55 @@ def test_logits_features_refuse_clearly(pair):
         bridge.process_weights()
     assert bridge.W_Q.shape == (bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_model,
                                 bridge.cfg.d_head)
+
+
+def test_transformer_lens_bridge_on_the_same_weights(pair):
+    """TransformerLens 4's bridge on the same folder: every shared name equals ours, except
+    where its BERT bridge files another tensor under a name (pinned here): its ``hook_embed`` is
+    the embedding norm's output (our ``resid_pre`` 0; its ``embed.hook_out`` is our
+    ``hook_embed``), ``hook_attn_out`` the attention block's normalised output, ``hook_resid_mid``
+    the second norm's input (our ``hook_resid_post``), ``hook_resid_post`` the block's output
+    (our next ``resid_pre``), and ``hook_attn_scores`` the softmaxed pattern. Ours follow
+    TransformerLens's ``HookedEncoder``, where resid_pre + attn_out == resid_mid."""
+    bridge, hf = pair
+    pytest.importorskip("transformer_lens")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tl = TransformerBridge.boot_transformers(hf.name_or_path, device="cpu", dtype=torch.float32).eval()
+    tokens = bridge.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        _, theirs = tl.run_with_cache(tokens)
+        _, ours = bridge.run_with_cache(tokens)
+    n, blocks = bridge.cfg.n_layers, bridge.model.get_submodule(bridge.adapter.blocks)
+
+    def ln1_out(L):
+        return blocks[L].get_submodule(bridge.adapter.ln1)(ours["resid_mid", L])
+
+    mapped = {"hook_embed": ours["resid_pre", 0], "embed.hook_out": ours["hook_embed"],
+              "token_type_embed.hook_out": ours["hook_token_type_embed"]}
+    for L in range(n):
+        mapped[f"blocks.{L}.hook_attn_out"] = ln1_out(L)
+        mapped[f"blocks.{L}.hook_resid_mid"] = ours["resid_post", L]
+        mapped[f"blocks.{L}.hook_resid_post"] = (ours["resid_pre", L + 1] if L + 1 < n
+                                                 else bridge(tokens))
+        mapped[f"blocks.{L}.attn.hook_attn_scores"] = ours["pattern", L]
+    shared = [name for name in ours.keys() if name in theirs.keys() and name not in mapped]
+    assert len(shared) >= 13 * n  # resid_pre, q, k, v, pattern, z, mlp pre/post/out, 2 norms x 2
+    for name, mine in [*((s, ours[s]) for s in shared), *mapped.items()]:
+        close(theirs[name], mine, 1e-4)
+
+
+def test_attention_patterns_analysis_is_bidirectional(pair):
+    """The attention panel's analysis works on encoders: patterns equal the cache, and queries
+    attend to later tokens too (nothing is masked causally)."""
+    from workbench.patterns import attention_patterns
+
+    bridge, _ = pair
+    result = attention_patterns(bridge, PROMPTS[0])
+    _, cache = bridge.run_with_cache(PROMPTS[0])
+    assert result.str_tokens == bridge.to_str_tokens(PROMPTS[0])
+    for i, layer in enumerate(result.layers):
+        close(result.pattern[i], cache["pattern", layer][0], 1e-6)
+    assert not result.causal and (result.pattern[..., 0, 1:] > 0).all()  # sees later keys too
+    n = len(result.str_tokens)
+    assert len(result.to_dataframe()) == len(result.layers) * bridge.cfg.n_heads * n * n

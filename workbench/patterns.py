@@ -34,7 +34,8 @@ class AttentionPatterns:
     """Attention patterns of one prompt for some layers.
 
     - ``pattern``: float32 on the CPU, ``[len(layers), n_heads, q_pos, k_pos]``; ``pattern[i, h]``
-      is layer ``layers[i]``, query head ``h``; each row sums to 1 and is 0 above the diagonal;
+      is layer ``layers[i]``, query head ``h``; each row sums to 1 and, when ``causal``, is 0
+      above the diagonal (an encoder's queries also attend to later keys);
     - ``layers``: the model layers, in the order of ``pattern``'s first dimension;
     - ``str_tokens``: ``[pos]`` the prompt's tokens as strings (``q_pos == k_pos == pos``);
     - ``n_heads`` query heads; ``n_kv_heads`` key/value heads (fewer on grouped-query models)."""
@@ -44,6 +45,7 @@ class AttentionPatterns:
     str_tokens: list[str]
     n_heads: int
     n_kv_heads: int
+    causal: bool = True
 
     def head(self, layer: int, head: int) -> torch.Tensor:
         """``[q_pos, k_pos]`` pattern of one head, addressed by model layer (not by index into
@@ -57,9 +59,9 @@ class AttentionPatterns:
 
     def to_dataframe(self):
         """One row per (layer, head, query, key) with key <= query (the part that can be
-        non-zero): positions, token strings and the attention weight."""
+        non-zero; every pair on an encoder): positions, token strings and the attention weight."""
         n_l, n_h, n = self.pattern.shape[:3]
-        q, k = np.tril_indices(n)
+        q, k = np.tril_indices(n) if self.causal else np.indices((n, n)).reshape(2, -1)
         tokens = np.asarray(self.str_tokens, dtype=object)
         weights = self.pattern[:, :, q, k].numpy()  # [layers, heads, n(n+1)/2]
         reps = n_l * n_h
@@ -93,7 +95,8 @@ def attention_patterns(bridge: Bridge, input: Any, *, layers: int | list[int] | 
     pattern = torch.stack([cache[n][0].to("cpu", torch.float32) for n in names])
     return AttentionPatterns(pattern=pattern, layers=chosen,
                              str_tokens=decode(bridge, enc.tokens[0].tolist()),
-                             n_heads=bridge.cfg.n_heads, n_kv_heads=bridge.cfg.n_kv_heads)
+                             n_heads=bridge.cfg.n_heads, n_kv_heads=bridge.cfg.n_kv_heads,
+                             causal=not bridge.adapter.encoder)
 
 
 def max_pool(pattern: torch.Tensor, max_size: int = 64) -> tuple[torch.Tensor, int]:
