@@ -181,9 +181,10 @@ def _literal_assignment(tree: ast.Module, name: str):
     raise LookupError(f"no literal assignment to {name!r}")
 
 
-def load_variants(conftest: Path = TESTS / "conftest.py") -> dict[str, tuple[str, dict]]:
-    """``VARIANTS`` of the test suite, read from the source (nothing imported): id -> (family, kw)."""
-    return _literal_assignment(ast.parse(conftest.read_text(encoding="utf-8")), "VARIANTS")
+def load_variants(conftest: Path = TESTS / "conftest.py", name: str = "VARIANTS"):
+    """``VARIANTS`` of the test suite, read from the source (nothing imported): id -> (family, kw);
+    with ``name="ENCODER_VARIANTS"``, the encoder test ids: id -> family."""
+    return _literal_assignment(ast.parse(conftest.read_text(encoding="utf-8")), name)
 
 
 def _is_fixture(dec: ast.expr) -> bool:
@@ -264,7 +265,8 @@ def variant_test_modules(tests_dir: Path = TESTS) -> list[TestModule]:
 
 
 _NORM = {"LN": "LayerNorm", "RMS": "RMSNorm"}
-_QKV = {"fused": "fused QKV", "split": "separate Q, K, V", "per_head": "fused QKV, interleaved per head"}
+_QKV = {"fused": "fused QKV", "split": "separate Q, K, V",
+        "per_head": "fused QKV, interleaved per head (per K/V group when grouped)"}
 _LINEAR = {"conv1d": "Conv1D `[in, out]`", "linear": "Linear `[out, in]`"}
 
 
@@ -298,8 +300,7 @@ def _positions(adapter, cfg: dict) -> str:
 
 
 SUPPORT_RESULTS = ROOT / "docs" / "support_results.json"
-# encoder families (not causal LMs, so not VARIANTS entries) and the test module that covers them
-ENCODER_TESTS = {"bert": "test_encoder.py"}
+ENCODER_TESTS = "test_encoder.py"  # runs the encoder families (ENCODER_VARIANTS in conftest.py)
 
 
 def _cell(outcomes: list[set[str]], note: str = "") -> str:
@@ -325,14 +326,15 @@ def results_table(results: dict, by_family: dict[str, list[str]], facts: dict[st
         gqa_vids = [v for v in vids if facts[v]["attention"] != "MHA"]
         mlp = ("experts" if any(facts[v]["experts"] for v in vids)
                else "gated" if all(facts[v]["gated"] for v in vids) else "")
+        encoder = any(facts[v].get("encoder") for v in vids)
         cells = [
             _cell(outcomes("parity")),
             _cell(outcomes("attention internals")),
             _cell(outcomes("parity", gqa_vids), "/".join(kinds)) if gqa_vids else "MHA only",
             _cell(outcomes("hook_result")),
             _cell(outcomes("MLP hooks"), mlp),
-            _cell(outcomes("weight processing")),
-            _cell(outcomes("generation")),
+            "n/a (encoder)" if encoder else _cell(outcomes("weight processing")),
+            "n/a (encoder)" if encoder else _cell(outcomes("generation")),
             _cell(outcomes("TransformerLens")),
         ]
         rows.append(f"| `{family}` | " + " | ".join(cells) + " |")
@@ -348,12 +350,14 @@ def support_table() -> str:
     modules = variant_test_modules()
     by_family: dict[str, list[str]] = {}
     facts: dict[str, dict] = {}
+    resolved_by_family: dict[str, list] = {}
     rows = []
     for vid, (family, kw) in variants.items():
         config = tiny_config(family, **kw)
         adapter = for_model(adapter_for(config.model_type), config)  # Falcon's layout varies
         cfg = adapter.read_config(config)
         by_family.setdefault(adapter.family, []).append(vid)
+        resolved_by_family.setdefault(adapter.family, []).append(adapter)
         kv, h = cfg["n_kv_heads"], cfg["n_heads"]
         facts[vid] = {"attention": "MHA" if kv == h else "MQA" if kv == 1 else "GQA",
                       "gated": cfg["gated_mlp"], "experts": bool(cfg.get("n_experts"))}
@@ -363,19 +367,27 @@ def support_table() -> str:
             f"{'parallel' if cfg['parallel_attn_mlp'] else 'sequential'} | {_NORM[adapter.normalization]} | "
             f"{'gated ' if cfg['gated_mlp'] else ''}{cfg['act_fn']} |"
         )
+    encoders = load_variants(name="ENCODER_VARIANTS")
+    for vid, family in encoders.items():
+        by_family.setdefault(family, []).append(vid)
+        facts[vid] = {"attention": "MHA", "gated": False, "experts": False, "encoder": True}
     fam_rows = []
     for a in ADAPTERS:
         covered = ", ".join(f"`{v}`" for v in by_family.get(a.family, []))
         if a.encoder:  # not a causal LM: its own tests (the decoder variants' do not apply)
-            covered = f"`tests/{ENCODER_TESTS[a.family]}`" if a.family in ENCODER_TESTS else ""
+            covered = ", ".join(f"`{v}` (`tests/{ENCODER_TESTS}`)" for v in by_family.get(a.family, []))
         if not covered:
             log.warning("adapter family %r has no variant in tests/conftest.py VARIANTS: it is not "
                         "tested, so the docs do not list it as supported (add a variant)", a.family)
             continue
+        # a family whose layout varies with the config (Falcon): what its variants resolve to
+        resolved = resolved_by_family.get(a.family, [a])
+        qkv = " or ".join(dict.fromkeys(_QKV[r.qkv_layout] for r in resolved))
+        positions = " or ".join(dict.fromkeys(_POSITIONS[r.positional] for r in resolved))
+        by_config = " (set by the config)" if a.for_config is not None else ""
         fam_rows.append(
             f"| `{a.family}` | {', '.join(f'`{t}`' for t in a.model_types)} | {covered} | "
-            f"{_LINEAR[a.linear_layout]}, {_QKV[a.qkv_layout]} | "
-            f"{_POSITIONS[a.positional]} |"
+            f"{_LINEAR[a.linear_layout]}, {qkv}{by_config} | {positions}{by_config} |"
         )
     n_tests = sum(len(m.tests) for m in modules)
     mod_rows = [f"| `tests/{m.name}` | {len(m.tests)} | {m.summary} |" for m in modules]

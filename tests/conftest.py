@@ -158,6 +158,20 @@ SUPPORT_COLUMNS = {
     "generation": ["test_parity.py::test_generation_with_cache_equals_hf_eager"],
     "TransformerLens": ["test_transformer_lens_oracle.py::test_every_hook_matches_transformer_lens"],
 }
+# encoders are not causal LMs, so not VARIANTS entries: tests/test_encoder.py runs them, and its
+# tests fill the same columns (weight processing and generation do not apply to them)
+ENCODER_VARIANTS = {"minilm": "bert", "tiny_bert": "bert"}
+ENCODER_COLUMNS = {
+    "parity": ["test_encoder.py::test_hidden_states_and_attention_equal_hf_eager",
+               "test_encoder.py::test_stop_at_layer_and_padding"],
+    "attention internals": ["test_encoder.py::test_hidden_states_and_attention_equal_hf_eager",
+                            "test_encoder.py::test_weights_reproduce_activations",
+                            "test_encoder.py::test_writes_change_the_output"],
+    "hook_result": ["test_encoder.py::test_post_norm_identities"],
+    "MLP hooks": ["test_encoder.py::test_weights_reproduce_activations",
+                  "test_encoder.py::test_writes_change_the_output"],
+    "TransformerLens": ["test_encoder.py::test_transformer_lens_bridge_on_the_same_weights"],
+}
 SUPPORT_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "support_results.json"
 _outcomes: dict[tuple[str, str], list[str]] = {}
 
@@ -166,24 +180,31 @@ def pytest_runtest_logreport(report):
     path, _, rest = report.nodeid.partition("::")
     func, _, params = rest.partition("[")
     key = f"{path.rsplit('/', 1)[-1]}::{func}"
-    if not params or not any(key in tests for tests in SUPPORT_COLUMNS.values()):
+    columns = ENCODER_COLUMNS if path.endswith("test_encoder.py") else SUPPORT_COLUMNS
+    if not params or not any(key in tests for tests in columns.values()):
         return
     variant = params.rstrip("]").split("-")[0]
-    if variant not in VARIANTS:
+    if variant not in VARIANTS and variant not in ENCODER_VARIANTS:
         return
     if report.when == "call" or report.outcome != "passed":  # setup errors and skips count too
         _outcomes.setdefault((key, variant), []).append(report.outcome)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    wanted = {(t, v) for tests in SUPPORT_COLUMNS.values() for t in tests for v in VARIANTS}
+    groups = ((SUPPORT_COLUMNS, VARIANTS), (ENCODER_COLUMNS, ENCODER_VARIANTS))
+    wanted = {(t, v) for columns, variants in groups for tests in columns.values() for t in tests
+              for v in variants}
     if not wanted <= _outcomes.keys():
         return  # a partial run: keep the last full run's results
 
     def one(outcomes: list[str]) -> str:
         return ("failed" if "failed" in outcomes else "passed" if "passed" in outcomes else "skipped")
-    results = {col: {v: sorted({one(_outcomes[t, v]) for t in tests}) for v in VARIANTS}
-               for col, tests in SUPPORT_COLUMNS.items()}
-    text = json.dumps({"columns": SUPPORT_COLUMNS, "results": results}, indent=1, sort_keys=True) + "\n"
+    results: dict[str, dict] = {}
+    for columns, variants in groups:
+        for col, tests in columns.items():
+            results.setdefault(col, {}).update(
+                {v: sorted({one(_outcomes[t, v]) for t in tests}) for v in variants})
+    text = json.dumps({"columns": SUPPORT_COLUMNS, "encoder_columns": ENCODER_COLUMNS,
+                       "results": results}, indent=1, sort_keys=True) + "\n"
     if not SUPPORT_RESULTS.exists() or SUPPORT_RESULTS.read_text() != text:
         SUPPORT_RESULTS.write_text(text)

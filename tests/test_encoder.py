@@ -111,10 +111,21 @@ def test_stop_at_layer_and_padding(pair):
             close(out[i, :n] if side == "right" else out[i, tokens.shape[1] - n:], single, 1e-5)
 
 
-def test_logits_features_refuse_clearly(pair):
+def test_logits_features_refuse_clearly(pair, comm):
+    from widgets import Workbench
+    from workbench import direct_logit_attribution, logit_lens, patch_sweep
+
     bridge, _ = pair
     with pytest.raises(InputError, match="no logits"):
         bridge(PROMPTS[0], return_type="logits")
+    for run in (lambda: logit_lens(bridge, PROMPTS[0]),
+                lambda: direct_logit_attribution(bridge, PROMPTS[0], "a"),
+                lambda: patch_sweep(bridge, PROMPTS[1], PROMPTS[1], site="resid_pre",
+                                    metric=lambda logits: logits[:, -1, 0])):
+        with pytest.raises(InputError, match="encoder without a language-model head"):
+            run()
+    wb = Workbench(bridge, PROMPTS[1])
+    assert tuple(wb.panels) == ("hooks", "attention", "composition")
     with pytest.raises(InputError, match="post|after each sublayer"):
         bridge.process_weights()
     assert bridge.W_Q.shape == (bridge.cfg.n_layers, bridge.cfg.n_heads, bridge.cfg.d_model,
@@ -171,3 +182,22 @@ def test_attention_patterns_analysis_is_bidirectional(pair):
     assert not result.causal and (result.pattern[..., 0, 1:] > 0).all()  # sees later keys too
     n = len(result.str_tokens)
     assert len(result.to_dataframe()) == len(result.layers) * bridge.cfg.n_heads * n * n
+
+
+def test_weights_reproduce_activations(pair):
+    """W_Q/W_K/W_V/W_O, W_in/W_out and their biases, in TransformerLens's shapes, reproduce the
+    activations: q = resid_pre @ W_Q + b_Q (the block's input, no norm before attention),
+    attn_out = z @ W_O + b_O, mlp pre = ln1's output @ W_in + b_in, mlp_out = post @ W_out + b_out."""
+    bridge, _ = pair
+    _, cache = bridge.run_with_cache(PROMPTS[0])
+    blocks = bridge.model.get_submodule(bridge.adapter.blocks)
+    for L in range(bridge.cfg.n_layers):
+        x = cache["resid_pre", L]
+        for key in "qkv":
+            W, b = getattr(bridge, f"W_{key.upper()}")[L], getattr(bridge, f"b_{key.upper()}")[L]
+            close(torch.einsum("bpd,hde->bphe", x, W) + b, cache[key, L], 1e-5)
+        close(torch.einsum("bphe,hed->bpd", cache["z", L], bridge.W_O[L]) + bridge.b_O[L],
+              cache["attn_out", L], 1e-5)
+        ln1_out = blocks[L].get_submodule(bridge.adapter.ln1)(cache["resid_mid", L])
+        close(ln1_out @ bridge.W_in[L] + bridge.b_in[L], cache["pre", L], 1e-5)
+        close(cache["post", L] @ bridge.W_out[L] + bridge.b_out[L], cache["mlp_out", L], 1e-5)

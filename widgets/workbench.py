@@ -22,12 +22,14 @@ from .logit_lens import LogitLensPanel
 from .patching import PatchingPanel
 
 PANELS = ("hooks", "attention", "logit_lens", "composition", "patching")
+LOGIT_PANELS = ("logit_lens", "patching")  # left out on encoders, which have no logits
 
 
 class Workbench(w.VBox):
     """All panels over one bridge and one prompt. ``panels`` picks which (and their order) from
     ``"hooks"``, ``"attention"``, ``"logit_lens"``, ``"composition"``, ``"patching"``; each is
-    also an attribute (``wb.attention``, ...). ``selection`` is the shared state."""
+    also an attribute (``wb.attention``, ...). ``selection`` is the shared state. On an encoder
+    (no logits) the logit lens and patching panels are left out."""
 
     def __init__(self, bridge: Any, prompt: str = "", *, corrupted: str = "", answer: str | None = None,
                  wrong: str | None = None, panels: tuple[str, ...] = PANELS) -> None:
@@ -44,6 +46,11 @@ class Workbench(w.VBox):
             "patching": lambda: PatchingPanel(bridge, prompt, corrupted=corrupted, answer=answer,
                                               wrong=wrong, selection=sel),
         }
+        if getattr(bridge.adapter, "encoder", False):  # no logits: no lens, no patching metric
+            panels = tuple(p for p in panels if p not in LOGIT_PANELS)
+            if not panels:
+                raise ValueError(f"{bridge.cfg.model_type} is an encoder without logits, and the "
+                                 f"panels asked for ({', '.join(LOGIT_PANELS)}) all read logits.")
         self.panels = {name: makers[name]() for name in panels}
         for name, panel in self.panels.items():
             setattr(self, name, panel)

@@ -24,7 +24,7 @@ import torch
 
 from .adapters import norm_weight
 from .errors import InputError
-from .results import dataframe, decode, encode_input, last_positions, token_ids
+from .results import dataframe, decode, encode_input, last_positions, need_logits, token_ids
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -97,6 +97,7 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
     ``[batch, pos]``) toward ``answer`` (minus ``wrong`` if given): one token (id or one-token
     string) or one per prompt. ``position``: which position's logits (default: each prompt's
     last real token, whatever the padding side)."""
+    need_logits(bridge, "Direct logit attribution")
     enc = encode_input(bridge, input)
     batch, n_pos = enc.tokens.shape
     ans = token_ids(bridge, answer, batch, "answer")

@@ -219,17 +219,9 @@ class Bridge:
         if enc.padded:
             kwargs["attention_mask"] = enc.attention_mask
             kwargs["position_ids"] = positions_from_mask(enc.attention_mask)
-        stop = self._stop_handle(stop_at_layer)
-        self._state.clear()
-        self._state.batch_size = enc.tokens.shape[0]
-        try:
-            out = self.model(**kwargs)
-        except _Stop as s:
-            return s.value
-        finally:
-            if stop is not None:
-                stop.remove()
-            self._state.clear()
+        out, stopped = self._run_model(kwargs, stop_at_layer)
+        if stopped is not None:
+            return stopped
         logits = out.logits
         if return_type == "logits":
             return logits
@@ -239,6 +231,21 @@ class Bridge:
         return loss if return_type == "loss" else ForwardOutput(logits, loss)
 
     forward = __call__
+
+    def _run_model(self, kwargs: dict, stop_at_layer: int | None):
+        """Run the HF model on ``kwargs``: ``(output, None)``, or ``(None, residual)`` when
+        ``stop_at_layer`` stopped it (the residual entering that block, ``[batch, pos, d_model]``)."""
+        stop = self._stop_handle(stop_at_layer)
+        self._state.clear()
+        self._state.batch_size = kwargs["input_ids"].shape[0]
+        try:
+            return self.model(**kwargs), None
+        except _Stop as s:
+            return None, s.value
+        finally:
+            if stop is not None:
+                stop.remove()
+            self._state.clear()
 
     def _stop_handle(self, stop_at_layer: int | None):
         if stop_at_layer is None:
@@ -390,8 +397,8 @@ class Bridge:
         return tok.decode(tokens.reshape(-1).tolist(), clean_up_tokenization_spaces=False)
 
     def to_single_token(self, string: str) -> int:
-        """The id of a string that is exactly one token (no BOS)."""
-        ids = self.to_tokens(string, prepend_bos=False)[0]
+        """The id of a string that is exactly one token (no BOS, no special tokens)."""
+        ids = encode(self.tokenizer, string, prepend_bos=False, padding_side=None).tokens[0]
         if ids.numel() != 1:
             raise TokenizerError(
                 f"{string!r} is {ids.numel()} tokens, not one: "

@@ -35,7 +35,7 @@ from torch import nn
 
 from .adapters import Adapter
 from .attention import AttentionSite, ensure_registered, register_site
-from .bridge import Bridge, _Stop
+from .bridge import Bridge
 from .errors import InputError, UnsupportedModelError
 from .hook_points import HookPoint
 from .taps import (
@@ -89,7 +89,8 @@ class EncoderBridge(Bridge):
                  prepend_bos: bool | None = None, padding_side: str | None = None, **unused):
         """Run the encoder. ``input``: a string, a list of strings or token ids ``[batch, pos]``.
         Returns the last hidden state ``[batch, pos, d_model]`` ("hidden") or None; with
-        ``stop_at_layer=L``, block L's input ``[batch, pos, d_model]``."""
+        ``stop_at_layer=L``, block L's input ``[batch, pos, d_model]``. Text gets the
+        tokenizer's own special tokens, so ``prepend_bos`` does not apply."""
         if return_type not in ("hidden", None):
             raise InputError(
                 f"return_type={return_type!r}: this {self.cfg.model_type} bridge wraps an encoder "
@@ -104,17 +105,9 @@ class EncoderBridge(Bridge):
         n = self.cfg.n_layers
         if stop_at_layer == n:  # the encoder's output: the last block's output
             stop_at_layer, return_type = None, "hidden"
-        stop = self._stop_handle(stop_at_layer)
-        self._state.clear()
-        self._state.batch_size = enc.tokens.shape[0]
-        try:
-            out = self.model(**kwargs)
-        except _Stop as s:
-            return s.value
-        finally:
-            if stop is not None:
-                stop.remove()
-            self._state.clear()
+        out, stopped = self._run_model(kwargs, stop_at_layer)
+        if stopped is not None:
+            return stopped
         return out.last_hidden_state if return_type == "hidden" else None
 
     forward = __call__

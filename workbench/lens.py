@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InputError
-from .results import check_layers, dataframe, decode, encode_input, token_ids
+from .results import check_layers, dataframe, decode, encode_input, need_logits, token_ids
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -93,6 +93,7 @@ def logit_lens(bridge: Bridge, input: Any, *, sites: str | tuple[str, ...] = "re
     which blocks (default all); ``positions``: which positions (default all); ``k``: how many top
     tokens per cell; ``target``: a token (id or one-token string) whose probability and rank are
     tracked in every cell."""
+    need_logits(bridge, "The logit lens")
     enc = encode_input(bridge, input)
     if enc.tokens.shape[0] != 1:
         raise InputError(f"logit_lens reads one prompt; got a batch of {enc.tokens.shape[0]}. "

@@ -33,7 +33,7 @@ from .metrics import Metric, as_metric, check_output
 from .patch_engine import Cancelled, PatchPlan, auto_batch_size, run_cells
 from .patch_result import PatchResult, position_labels
 from .patch_sites import Site, check_heads, check_layers, enumerate_cells, resolve_site, same_mask
-from .results import decode, encode_input
+from .results import decode, encode_input, need_logits
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -57,6 +57,8 @@ class Prepared:
 
 
 def pair_tokens(bridge: Bridge, clean: Any, corrupted: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean and corrupted prompts as token ids, ``[batch, pos]`` each, unpadded."""
+    need_logits(bridge, "Patching")
     out = []
     for name, x in (("clean", clean), ("corrupted", corrupted)):
         enc = encode_input(bridge, x)

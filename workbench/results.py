@@ -18,6 +18,15 @@ def encode_input(bridge: Bridge, input: Any) -> Encoded:
     return bridge._encode_input(input, None, None, None)
 
 
+def need_logits(bridge: Bridge, what: str) -> None:
+    """Raise a clear error when ``bridge`` has no logits (an encoder without an LM head)."""
+    if bridge.adapter.unembed is None:
+        raise InputError(
+            f"{what} reads the model's logits, and this {bridge.cfg.model_type} bridge wraps an "
+            "encoder without a language-model head, so it has none. On encoders, use "
+            "attention_patterns (the attention panel), composition_scores or run_with_cache.")
+
+
 def last_positions(mask: torch.Tensor) -> torch.Tensor:
     """``[batch]`` index of each row's last real token (left or right padding)."""
     pos = torch.arange(mask.shape[1], device=mask.device)
