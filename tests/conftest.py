@@ -119,6 +119,20 @@ def unfinish_logits(bridge, logits: torch.Tensor) -> torch.Tensor:
     return x / bridge.cfg.logit_multiplier
 
 
+def assert_padding_equivalent(bridge, prompts: list[str], tol: float = 1e-5) -> None:
+    """Left- and right-padded batches of ``prompts`` give each prompt's output run alone (the
+    output's real positions; relative max difference below ``tol``)."""
+    singles = [bridge(p)[0] for p in prompts]
+    for side in ("left", "right"):
+        tokens = bridge.to_tokens(prompts, padding_side=side)
+        out = bridge(prompts, padding_side=side)
+        for i, single in enumerate(singles):
+            n = single.shape[0]
+            got = out[i, :n] if side == "right" else out[i, tokens.shape[1] - n:]
+            assert ((got - single).abs().max() / single.abs().max().clamp_min(1.0)).item() < tol, \
+                (side, i)
+
+
 def no_torch_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
                for m in model.modules())

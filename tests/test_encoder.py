@@ -5,7 +5,7 @@ equivalent; logits-only features refuse clearly."""
 
 import pytest
 import torch
-from conftest import no_torch_hooks
+from conftest import assert_padding_equivalent, no_torch_hooks
 from transformers import AutoModel
 
 from workbench import Bridge, InputError
@@ -102,13 +102,7 @@ def test_stop_at_layer_and_padding(pair):
     bridge, _ = pair
     _, cache = bridge.run_with_cache(PROMPTS[0])
     close(bridge(PROMPTS[0], stop_at_layer=1), cache["resid_pre", 1], 1e-5)
-    singles = [bridge(p)[0] for p in PROMPTS]
-    for side in ("left", "right"):
-        tokens = bridge.to_tokens(PROMPTS, padding_side=side)
-        out = bridge(PROMPTS, padding_side=side)
-        for i, single in enumerate(singles):
-            n = single.shape[0]
-            close(out[i, :n] if side == "right" else out[i, tokens.shape[1] - n:], single, 1e-5)
+    assert_padding_equivalent(bridge, PROMPTS)
 
 
 def test_logits_features_refuse_clearly(pair, comm):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_padding_equivalent
 from transformers import AutoModelForCausalLM
 
 from workbench import Bridge
@@ -71,14 +72,7 @@ def test_pattern_is_alibi_attention_from_the_cached_queries_and_keys(pair):
 
 def test_padding_generation_and_writes(pair):
     bridge, hf = pair
-    prompts = ["The cat sat", "When Mary and John went home"]
-    singles = [bridge(p)[0] for p in prompts]
-    for side in ("left", "right"):
-        tokens = bridge.to_tokens(prompts, padding_side=side)
-        logits = bridge(prompts, padding_side=side)
-        for i, single in enumerate(singles):
-            m = single.shape[0]
-            close(logits[i, :m] if side == "right" else logits[i, tokens.shape[1] - m:], single)
+    assert_padding_equivalent(bridge, ["The cat sat", "When Mary and John went home"])
     tokens = bridge.to_tokens(PROMPT[:20])
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():

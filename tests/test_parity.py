@@ -1,7 +1,7 @@
 """The bridge equals HF eager: logits, every residual, attention weights; padding equivalence."""
 
 import torch
-from conftest import no_torch_hooks, norm_affine
+from conftest import assert_padding_equivalent, no_torch_hooks, norm_affine
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -54,15 +54,7 @@ def test_residual_identities(bridge):
 
 
 def test_padding_equivalence_left_and_right(bridge):
-    prompts = ["The cat sat", "When Mary and John went home"]
-    singles = [bridge(p)[0] for p in prompts]
-    for side in ("left", "right"):
-        tokens = bridge.to_tokens(prompts, padding_side=side)
-        logits = bridge(prompts, padding_side=side)
-        for i, single in enumerate(singles):
-            n = single.shape[0]
-            got = logits[i, :n] if side == "right" else logits[i, tokens.shape[1] - n:]
-            close(got, single, 1e-5)
+    assert_padding_equivalent(bridge, ["The cat sat", "When Mary and John went home"])
 
 
 def test_loss_matches_manual_cross_entropy(bridge):
