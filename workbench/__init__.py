@@ -13,6 +13,7 @@ from .errors import (
                      InputError,
                      TokenizerError,
                      UnsupportedModelError,
+                     UnverifiedFamilyWarning,
                      WorkbenchError,
 )
 from .factored import FactoredMatrix
@@ -34,7 +35,8 @@ __all__ = [
     "BridgeConfig", "Cancelled", "CellPatch", "CellPatcher", "CompositionScores", "CostEstimate",
     "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo",
     "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
-    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "WorkbenchError",
+    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "UnverifiedFamilyWarning",
+    "WorkbenchError",
     "attention_patterns", "attribution_sweep", "composition_scores", "direct_logit_attribution",
     "estimate_cost", "head_scores", "keep_freed_memory", "logit_lens", "patch_cell", "patch_sweep",
     "path_patch", "path_patch_sweep", "release_memory",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import memory
-from .adapters import Adapter, adapter_for, for_model
+from .adapters import Adapter, adapter_for, for_model, known_adapter, supported_model_types
 from .attention import ensure_registered
 from .cache import ActivationCache, CacheContext
 from .config import BridgeConfig
@@ -102,7 +102,10 @@ class Bridge:
             raise UnsupportedModelError(
                 f"Expected a transformers PreTrainedModel; got {type(model).__name__}."
             )
-        adapter = for_model(adapter_for(config.model_type), config)
+        known = known_adapter(config.model_type)
+        if known is None:  # the generic path: discovered, then checked against the model
+            return cls._discovered(model, tokenizer)
+        adapter = for_model(known, config)
         if adapter.encoder:  # BERT-style: its own bridge (see workbench.encoder)
             from .encoder import EncoderBridge
 
@@ -120,6 +123,25 @@ class Bridge:
         # a family outside the attention interface runs its own path, with the hooked one installed
         model.set_attn_implementation(adapter.attn_implementation)
         return cls(model, tokenizer, adapter)
+
+    @classmethod
+    def _discovered(cls, model: nn.Module, tokenizer: Any) -> Bridge:
+        """A family without an adapter: discover its structure (see adapters.discover), wrap it,
+        check the bridge against the model on a probe prompt, and warn that it is unverified."""
+        from .adapters.discover import discover, verify
+
+        if not hasattr(model, "get_output_embeddings") or not hasattr(model, "base_model"):
+            adapter_for(model.config.model_type)  # not a transformers LM: the usual error
+        try:
+            adapter = discover(model)
+        except UnsupportedModelError as err:
+            err.add_note(f"Model types with a tested adapter: {', '.join(supported_model_types())}.")
+            raise
+        ensure_registered()
+        model.set_attn_implementation(adapter.attn_implementation)
+        bridge = cls(model, tokenizer, adapter)
+        verify(bridge)
+        return bridge
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,

@@ -34,3 +34,9 @@ class InputError(WorkbenchError, ValueError):
 
 class TokenizerError(WorkbenchError, ValueError):
     """A tokenizer is needed (or a string is not one token) and the request cannot be met."""
+
+
+class UnverifiedFamilyWarning(UserWarning):
+    """A model of a family with no tested adapter was wrapped through the generic path: its
+    structure was discovered and checked on a probe prompt, but the family is not in the
+    parity tests."""

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from .adapters import adapter_for, for_model
+from .adapters import adapter_for, for_model, known_adapter
 from .attention import ensure_registered
 from .errors import InputError
 
@@ -39,13 +40,20 @@ def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
     name_or_path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision,
                                         trust_remote_code=trust_remote_code)
-    adapter = adapter_for(config.model_type)  # unsupported types fail before any weights load
+    # a type without an adapter loads as a causal LM, and the bridge then tries the generic
+    # path (Bridge._discovered); one that is not a causal LM fails here, before any weights load
+    adapter = known_adapter(config.model_type)
+    remote = trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if adapter is None and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not remote:
+        adapter_for(config.model_type)  # raises: not supported, listing what is
     ensure_registered()
-    auto = AutoModel if adapter.encoder else AutoModelForCausalLM  # an encoder loads headless
+    encoder = adapter is not None and adapter.encoder
+    auto = AutoModel if encoder else AutoModelForCausalLM  # an encoder loads headless
     model = auto.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code,
         dtype=dtype or torch.float32, device_map=device_map,
-        attn_implementation=for_model(adapter, config).attn_implementation,
+        **({} if adapter is None  # the generic path sets it once the model is checked
+           else {"attn_implementation": for_model(adapter, config).attn_implementation}),
     )
     if device is not None:
         model.to(device)

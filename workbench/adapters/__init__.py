@@ -64,13 +64,18 @@ ADAPTERS: tuple[Adapter, ...] = (
     bert.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "norm_factor", "norm_weight", "optional_module",
-           "split_out_proj", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "known_adapter", "norm_factor",
+           "norm_weight", "optional_module", "split_out_proj", "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:
     """Every ``config.model_type`` the bridge can wrap."""
     return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def known_adapter(model_type: str) -> Adapter | None:
+    """The tested adapter of a model type, or None (the bridge then tries the generic path)."""
+    return next((a for a in ADAPTERS if model_type in a.model_types), None)
 
 
 def adapter_for(model_type: str) -> Adapter:
@@ -79,7 +84,8 @@ def adapter_for(model_type: str) -> Adapter:
         if model_type in a.model_types:
             return a
     raise UnsupportedModelError(
-        f"Model type {model_type!r} is not supported yet. Supported model types: "
+        f"Model type {model_type!r} is not supported yet: it has no adapter, and it is not a "
+        "causal LM that the generic path could discover. Supported model types: "
         f"{', '.join(supported_model_types())}. Load one of those, or add an adapter: a module "
         "in workbench/adapters/ and one entry in ADAPTERS (see docs/support.md, 'Adding a family')."
     )
