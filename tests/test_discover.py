@@ -171,3 +171,18 @@ def test_families_that_bypass_the_attention_interface_are_refused(model_type, si
 def test_mixtures_of_experts_are_refused():
     with pytest.raises(UnsupportedModelError, match="mixtures of experts"):
         discover(tiny_model("mixtral", n_kv_heads=2))
+
+
+def test_a_misread_layout_fails_the_check(pair):
+    """The check reads the weights back against the activations: an adapter with gate and up
+    swapped (a layout the names could misstate) is caught, naming the hook that differs."""
+    from workbench.adapters.discover import verify
+
+    bridge, _ = pair
+    a = bridge.adapter
+    if a.mlp_gate is None or a.mlp_fused_gate_up:
+        pytest.skip("needs separate gate and up projections")
+    wrong = Bridge(bridge.model, None, dataclasses.replace(a, mlp_gate=a.mlp_in, mlp_in=a.mlp_gate))
+    with pytest.raises(UnsupportedModelError, match=r"hook_post as \w+\(hook_pre\) \* hook_pre_linear"):
+        verify(wrong)
+    assert no_torch_hooks(bridge.model)

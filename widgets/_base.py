@@ -96,6 +96,9 @@ class Panel(anywidget.AnyWidget):
     _linked: ClassVar[tuple[str, ...]] = ()
     _title: ClassVar[str] = "panel"
     _locks_model: ClassVar[bool] = True  # False: the panel coordinates with model_lock itself
+    # seconds a panel waits for the model while a background job (a patching sweep, or the
+    # patching panel's attribution estimate, usually a second or two) holds it, before refusing
+    model_wait_s: ClassVar[float] = 10.0
 
     error = Unicode("").tag(sync=True)
     error_detail = Unicode("").tag(sync=True)
@@ -122,11 +125,13 @@ class Panel(anywidget.AnyWidget):
     def working(self, status: str) -> Iterator[None]:
         """``with panel.working("running"): ...``: busy with ``status`` while inside (nested
         uses keep the outer status when they end), holding the model (:func:`model_lock`;
-        refused at once while a sweep holds it); exceptions propagate."""
+        waiting up to ``model_wait_s`` while a background job holds it, then refused);
+        exceptions propagate."""
         lock = model_lock(self._bridge) if self._bridge is not None and self._locks_model else None
-        if lock is not None and not lock.acquire(blocking=False):
-            raise RuntimeError("A patching sweep is running on this model; wait for it or cancel it in "
-                               "the patching panel, then try again.")
+        if lock is not None and not lock.acquire(timeout=self.model_wait_s):
+            raise RuntimeError(f"A patching sweep is running on this model (still after "
+                               f"{self.model_wait_s:g} s); wait for it or cancel it in the patching "
+                               "panel, then try again.")
         outer = self.busy
         self.status = status
         self.busy = True

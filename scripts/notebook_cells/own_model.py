@@ -111,8 +111,10 @@ CELLS = [
         assert cache['k', 0].shape[2] == gqa.cfg.n_heads  # expanded per query head
     """),
     md("""
-        A model type without an adapter fails before any weights load, and says what is supported
-        (MPT computes attention inline, outside transformers' attention interface):
+        A model type without an adapter is discovered from its module tree and checked on a probe
+        prompt when its attention goes through transformers' attention interface (it then loads
+        with an `UnverifiedFamilyWarning`). MPT computes attention itself, so it is refused, and
+        the error says what is missing and what is supported:
     """),
     code("""
         from transformers import MptConfig

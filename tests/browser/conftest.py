@@ -28,7 +28,7 @@ CELLS = [
     "from workbench import Bridge\nfrom widgets import AttentionPanel, Workbench\n"
     "bridge = Bridge.from_pretrained('workbench-demo')",
     # the patching panel's attribution estimate runs in the background and holds the model;
-    # panels made while it runs refuse to compute (a known limit: the lock refuses, not queues)
+    # panels made meanwhile wait for it (up to Panel.model_wait_s)
     f"wb = Workbench(bridge, prompt={CLEAN!r}, corrupted={CORRUPTED!r}, answer=' Nora', wrong=' Felix')\n"
     "wb.patching.wait(timeout=120)\nwb",
     f"markup = AttentionPanel(bridge, {MARKUP!r}, layer=1)\nmarkup",

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.activations import ACT2FN
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -257,10 +258,21 @@ def discover(model: nn.Module) -> Adapter:
     qk_norms = next(([q, k] for q, k in (("q_norm", "k_norm"), ("q_layernorm", "k_layernorm"))
                      if q in attn_kids and k in attn_kids), [])
 
+    d_mlp = kids[mlp].get_submodule(down).in_features
+
     def read_config(cfg: Any) -> dict:
-        return _read_config(cfg, eps=eps, parallel=parallel, gated=gate is not None)
+        return _read_config(cfg, eps=eps, parallel=parallel, gated=gate is not None, d_mlp=d_mlp)
 
     a = attn[0]
+    try:
+        sizes = read_config(c)
+    except AttributeError as err:
+        raise _refuse(model, f"its config lacks a standard field ({err}).") from err
+    h, kv, d = sizes["n_heads"], sizes["n_kv_heads"], sizes["d_head"]
+    widths = [m.out_features for m in linears[:len(qkv)]]
+    if widths != ([h * d, kv * d, kv * d] if len(qkv) == 3 else [(h + 2 * kv) * d]):
+        raise _refuse(model, f"its Q/K/V projections output {widths} features; the config's "
+                             f"{h} heads, {kv} K/V heads and head size {d} say otherwise.")
     return Adapter(
         family=f"generic:{c.model_type}", model_types=(c.model_type,), embed=path_of[id(embed)],
         pos_embed=None, blocks=blocks, ln_final=f"{path_of[id(base)]}.{final[0]}",
@@ -276,8 +288,9 @@ def discover(model: nn.Module) -> Adapter:
     )
 
 
-def _read_config(c: Any, *, eps: float, parallel: bool, gated: bool) -> dict:
-    """The BridgeConfig fields from the standard config attributes."""
+def _read_config(c: Any, *, eps: float, parallel: bool, gated: bool, d_mlp: int) -> dict:
+    """The BridgeConfig fields from the standard config attributes (``d_mlp``: the MLP's
+    output projection's input width)."""
     n_heads = c.num_attention_heads
     d_head = getattr(c, "head_dim", None) or c.hidden_size // n_heads
     rope = getattr(c, "rope_parameters", None) or {}
@@ -285,7 +298,7 @@ def _read_config(c: Any, *, eps: float, parallel: bool, gated: bool) -> dict:
     return dict(
         n_layers=c.num_hidden_layers, n_heads=n_heads,
         n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads, d_model=c.hidden_size,
-        d_head=d_head, d_mlp=c.intermediate_size, d_vocab=c.vocab_size,
+        d_head=d_head, d_mlp=d_mlp, d_vocab=c.vocab_size,
         n_ctx=getattr(c, "max_position_embeddings", None) or 2048, eps=eps,
         act_fn=getattr(c, "hidden_act", None) or getattr(c, "hidden_activation", "unknown"),
         parallel_attn_mlp=parallel, rotary_dim=int(d_head * factor), gated_mlp=gated,
@@ -367,6 +380,7 @@ def verify(bridge, tol: float | None = None) -> None:
                    model.get_submodule(a.unembed)(final), logits))
     checks += [(f"blocks.{L}.attn.hook_pattern", cache["pattern", L], eager[L])
                for L in range(cfg.n_layers)]
+    checks += _weight_checks(bridge, cache)
     for name, ours, theirs in checks:
         if rel(ours, theirs) > tol:
             raise _refuse(model, f"the discovered structure does not reproduce the model: {name} "
@@ -378,6 +392,45 @@ def verify(bridge, tol: float | None = None) -> None:
         "logits and every attention pattern equal the model's own), but the family is not in "
         "the parity tests. See docs/support.md, 'Unknown families'.",
         UnverifiedFamilyWarning, stacklevel=4)
+
+
+def _weight_checks(bridge, cache) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The layouts read from names, checked on the activations: V (and Q, K at position 0,
+    which rotary leaves as it is, where no Q/K norm follows) from W_V, W_Q, W_K and their
+    biases; the MLP's hook_pre (and hook_pre_linear) from W_gate / W_in."""
+    from ..weights import qkv_weights
+
+    a, cfg, model = bridge.adapter, bridge.cfg, bridge.model
+    out = []
+    for L in range(cfg.n_layers):
+        block = model.get_submodule(a.blocks)[L]
+        pre = cache["resid_pre", L]
+        x = pre if a.ln1 is None else block.get_submodule(a.ln1)(pre)  # attention's input
+        for key, (w, b) in qkv_weights(bridge, L).items():  # w [heads, d_model, d_head]
+            if key != "v" and a.attn_qk_norms is not None:
+                continue  # a norm sits between the projection and hook_q / hook_k
+            made = torch.einsum("bpd,hde->bphe", x, w) + (0 if b is None else b)
+            ours = cache[key, L]
+            if key != "v":
+                made, ours = made[:, :1], ours[:, :1]
+            out.append((f"blocks.{L}.attn.hook_{key} from W_{key.upper()}", made, ours))
+        mid = pre if cfg.parallel_attn_mlp else cache["resid_mid", L]
+        x2 = mid if a.ln2 is None else block.get_submodule(a.ln2)(mid)  # the MLP's input
+        act = ACT2FN[cfg.act_fn] if cfg.act_fn in ACT2FN else None
+        if cfg.gated_mlp:
+            out.append((f"blocks.{L}.mlp.hook_pre from W_gate", x2 @ bridge.W_gate[L], cache["pre", L]))
+            out.append((f"blocks.{L}.mlp.hook_pre_linear from W_in", x2 @ bridge.W_in[L],
+                        cache["pre_linear", L]))
+            if act is not None:  # which projection is the gate: act(gate) * up feeds W_out
+                out.append((f"blocks.{L}.mlp.hook_post as {cfg.act_fn}(hook_pre) * hook_pre_linear",
+                            act(cache["pre", L]) * cache["pre_linear", L], cache["post", L]))
+        else:
+            out.append((f"blocks.{L}.mlp.hook_pre from W_in", x2 @ bridge.W_in[L] + bridge.b_in[L],
+                        cache["pre", L]))
+            if act is not None:
+                out.append((f"blocks.{L}.mlp.hook_post as {cfg.act_fn}(hook_pre)",
+                            act(cache["pre", L]), cache["post", L]))
+    return out
 
 
 def describe(a: Adapter, cfg) -> str:
