@@ -77,8 +77,9 @@ class Adapter:
     # the attention module multiplies queries by d_head ** -0.5 itself and calls the attention
     # function with scaling 1 (OPT): hook_q is shown divided back, as the projection's output
     queries_prescaled: bool = False
-    # families whose attention bypasses transformers' attention interface (GPT-J): the model is
-    # loaded with eager attention, and this installs the hooked path on each attention module
+    # families whose attention bypasses transformers' attention interface (GPT-J, BLOOM, Falcon):
+    # the model is loaded with ``inline_attn_implementation``, and this installs the hooked path
+    # on each attention module
     install_attention: Callable[[Any], None] | None = None
     # a norm between the token embedding and the first block (BLOOM's word_embeddings_layernorm),
     # relative to the model: hook_embed is then its output, what the residual stream receives,
