@@ -119,6 +119,28 @@ def unfinish_logits(bridge, logits: torch.Tensor) -> torch.Tensor:
     return x / bridge.cfg.logit_multiplier
 
 
+def rel_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
+    """Max |a - b| relative to max |b| (at least 1) below ``tol``."""
+    assert ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() < tol
+
+
+def assert_equals_hf_eager(bridge, hf, tokens: torch.Tensor, tol: float = 1e-4):
+    """The bridge's plain run and its fully hooked run give HF eager's logits, every layer's
+    residual (HF ``hidden_states[i]`` is the input of block i) and attention weights, and leave
+    no PyTorch hook behind. Returns ``(HF's output, the bridge's cache)`` for further checks."""
+    with torch.no_grad():
+        ref = hf(tokens, output_hidden_states=True, output_attentions=True)
+        plain = bridge(tokens)
+        logits, cache = bridge.run_with_cache(tokens)
+    rel_close(plain, ref.logits, tol)
+    rel_close(logits, ref.logits, tol)
+    for layer in range(bridge.cfg.n_layers):
+        rel_close(cache["resid_pre", layer], ref.hidden_states[layer], tol)
+        rel_close(cache["pattern", layer], ref.attentions[layer], tol)
+    assert no_torch_hooks(bridge.model)
+    return ref, cache
+
+
 def assert_padding_equivalent(bridge, prompts: list[str], tol: float = 1e-5) -> None:
     """Left- and right-padded batches of ``prompts`` give each prompt's output run alone (the
     output's real positions; relative max difference below ``tol``)."""

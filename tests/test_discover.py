@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import VARIANTS, no_torch_hooks
+from conftest import VARIANTS, assert_equals_hf_eager, no_torch_hooks
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from workbench import Bridge, UnsupportedModelError, UnverifiedFamilyWarning
@@ -64,17 +64,7 @@ def pair(folder):
 def test_equals_hf_eager(pair):
     bridge, hf = pair
     assert bridge.adapter.family == f"generic:{bridge.cfg.model_type}"
-    tokens = bridge.to_tokens(PROMPT)
-    with torch.no_grad():
-        ref = hf(tokens, output_hidden_states=True, output_attentions=True)
-        plain = bridge(tokens)
-        logits, cache = bridge.run_with_cache(tokens)
-    close(plain, ref.logits)
-    close(logits, ref.logits)
-    for layer in range(bridge.cfg.n_layers):
-        close(cache["resid_pre", layer], ref.hidden_states[layer])
-        close(cache["pattern", layer], ref.attentions[layer])
-    assert no_torch_hooks(bridge.model)
+    assert_equals_hf_eager(bridge, hf, bridge.to_tokens(PROMPT))
 
 
 def test_identities_and_decompositions(pair):

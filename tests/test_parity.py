@@ -1,7 +1,7 @@
 """The bridge equals HF eager: logits, every residual, attention weights; padding equivalence."""
 
 import torch
-from conftest import assert_padding_equivalent, no_torch_hooks, norm_affine
+from conftest import assert_equals_hf_eager, assert_padding_equivalent, no_torch_hooks, norm_affine
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -12,21 +12,11 @@ def close(a, b, tol=1e-4):
 
 
 def test_logits_and_residuals_equal_hf_eager(bridge, hf_eager):
-    tokens = bridge.to_tokens(PROMPT)
-    with torch.no_grad():
-        ref = hf_eager(tokens, output_hidden_states=True, output_attentions=True)
-        plain = bridge(tokens)
-        logits, cache = bridge.run_with_cache(tokens)
-    close(plain, ref.logits)
-    close(logits, ref.logits)
-    n = bridge.cfg.n_layers
-    for layer in range(n):  # HF hidden_states[i] is the input of block i
-        close(cache["resid_pre", layer], ref.hidden_states[layer])
-        close(cache["pattern", layer], ref.attentions[layer])
+    ref, cache = assert_equals_hf_eager(bridge, hf_eager, bridge.to_tokens(PROMPT))
     # HF's last hidden state is after the final norm (OLMo's LayerNorm has no weight, no bias)
     ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
-    close(norm_affine(bridge, ln_final, cache["ln_final.hook_normalized"]), ref.hidden_states[n])
-    assert no_torch_hooks(bridge.model)
+    close(norm_affine(bridge, ln_final, cache["ln_final.hook_normalized"]),
+          ref.hidden_states[bridge.cfg.n_layers])
 
 
 def test_residual_identities(bridge):
