@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import unfinish_logits
 
-from workbench import HookNameError
+from workbench import HookNameError, InputError
 from workbench.adapters import norm_weight
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -110,3 +110,23 @@ def test_views_are_kept_only_when_they_cover_their_buffer(run):
     if bridge.cfg.positional_embedding_type == "standard":  # rotary q/k are new tensors
         ptrs = {both[n].untyped_storage().data_ptr() for n in names}
         assert len(ptrs) == 1 and both.nbytes() == sum(both[n].numel() * 4 for n in names)
+
+
+def test_cache_bytes_estimates_the_cache(bridge):
+    """The estimate before running is within 10% of what the cache holds (it counts a tensor
+    shared by two names, e.g. a block's output and the next block's input, twice), and the
+    memory budget refuses before running, naming the sizes."""
+    prompts = ["When Mary and John went to the store", "The cat sat"]
+    for names in (None, lambda n: "attn" in n, ["blocks.0.hook_resid_pre", "blocks.1.mlp.hook_post"]):
+        if names is not None and not callable(names) and bridge.cfg.n_experts:
+            continue  # MoE layers have no mlp.hook_post
+        estimate = bridge.cache_bytes(prompts, names)
+        _, cache = bridge.run_with_cache(prompts, names_filter=names)
+        assert cache.nbytes() <= estimate <= 1.1 * cache.nbytes(), (names, estimate, cache.nbytes())
+    shape = tuple(bridge.to_tokens(prompts).shape)
+    assert bridge.cache_bytes(shape) == bridge.cache_bytes(prompts)
+    assert bridge.cache_bytes(shape, incl_bwd=True) == 2 * bridge.cache_bytes(shape)
+    with pytest.raises(InputError, match=r"would hold .* MiB .* memory budget"):
+        bridge.run_with_cache(prompts, memory_budget=bridge.cache_bytes(prompts) - 1)
+    _, cache = bridge.run_with_cache(prompts, memory_budget=bridge.cache_bytes(prompts))
+    assert len(cache) > 0

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from . import memory
-from .adapters import Adapter, adapter_for, for_model, known_adapter, supported_model_types
+from .adapters import (
+    Adapter,
+    adapter_for,
+    for_model,
+    known_adapter,
+    live_param,
+    supported_model_types,
+)
 from .attention import ensure_registered
 from .cache import ActivationCache, CacheContext
 from .config import BridgeConfig
@@ -67,8 +74,8 @@ class Bridge:
         blocks = get_module(model, adapter.blocks)
         return CacheContext(
             normalization_type=adapter.normalization, n_heads=self.cfg.n_heads,
-            d_head=self.cfg.d_head, W_U=get_module(model, adapter.unembed).weight.detach().T,
-            o_weights=tuple(get_module(b, adapter.attn_out_proj).weight.detach() for b in blocks),
+            d_head=self.cfg.d_head, W_U=live_param(get_module(model, adapter.unembed)).T,
+            o_projs=tuple(get_module(b, adapter.attn_out_proj) for b in blocks),
             o_layout=adapter.linear_layout,
             ln_final=get_module(model, adapter.ln_final), norm_weight_offset=adapter.norm_weight_offset,
             attn_post_norms=(() if adapter.attn_post_norm is None
@@ -146,15 +153,20 @@ class Bridge:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, device_map: Any = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None,
                         revision: str | None = None, trust_remote_code: bool = False,
                         fold_ln: bool = False, center_writing_weights: bool = False,
                         center_unembed: bool = False, fold_value_biases: bool = False) -> Bridge:
         """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it.
-        ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md). The
-        four processing flags (off by default) are :meth:`process_weights`'s."""
+        ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md).
+        ``device_map`` / ``max_memory`` / ``offload_folder`` spread the model with accelerate
+        (e.g. ``device_map="auto"``; layers offloaded to the CPU or disk load for each forward,
+        and the weight readers load them the same way). The four processing flags (off by
+        default) are :meth:`process_weights`'s."""
         from .loading import load
 
         model, tokenizer = load(name_or_path, device=device, dtype=dtype, device_map=device_map,
+                                max_memory=max_memory, offload_folder=offload_folder,
                                 revision=revision, trust_remote_code=trust_remote_code)
         bridge = cls.from_hf(model, tokenizer)
         flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -307,13 +319,32 @@ class Bridge:
         with self._hooks.temporary(fwd_hooks, bwd_hooks):
             return self(input, **forward_kwargs)
 
+    def cache_bytes(self, input, names_filter: NameFilter = None, incl_bwd: bool = False) -> int:
+        """Bytes a ``run_with_cache(input, names_filter)`` would hold, computed before running from
+        each chosen hook point's shape (see :meth:`hook_info`) in the model's dtype; doubled with
+        ``incl_bwd`` (one gradient per activation). ``input``: what ``run_with_cache`` takes, or
+        a ``(batch, pos)`` pair."""
+        if isinstance(input, tuple) and len(input) == 2 and all(isinstance(n, int) for n in input):
+            batch, pos = input
+        else:
+            batch, pos = self._encode_input(input, None, None, None).tokens.shape
+        total = sum(self.hook_info(p.name, pos).nbytes(batch, pos)
+                    for p in self._hooks.select(names_filter))
+        return total * (2 if incl_bwd else 1)
+
     def run_with_cache(self, input, names_filter: NameFilter = None,
                        device: str | torch.device | None = None, remove_batch_dim: bool = False,
-                       incl_bwd: bool = False, **forward_kwargs):
+                       incl_bwd: bool = False, memory_budget: int | None = None,
+                       **forward_kwargs):
         """Run once and keep the chosen activations: returns ``(output, ActivationCache)``.
-        ``device`` is where cached tensors are stored (default: where they were made). With
+        ``device`` is where cached tensors are stored (default: where they were made; "cpu"
+        moves each one there as it is made, so a long GPU run keeps little on the GPU). With
         ``incl_bwd`` the output must be a scalar (e.g. ``return_type="loss"``); its gradient
-        w.r.t. every cached activation is stored as ``name + "_grad"``."""
+        w.r.t. every cached activation is stored as ``name + "_grad"``. ``memory_budget``
+        (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it."""
+        if memory_budget is not None:
+            self._check_budget(input, names_filter, incl_bwd, memory_budget,
+                               forward_kwargs.get("attention_mask"))
         store: dict[str, torch.Tensor] = {}
 
         def keep(tensor):  # moved as it comes, so a GPU run can cache to the CPU
@@ -344,6 +375,18 @@ class Bridge:
                     out.backward()
         cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
+
+    def _check_budget(self, input, names_filter, incl_bwd, budget: int, mask) -> None:
+        shape = tuple(self._encode_input(input, mask, None, None).tokens.shape)
+        need = self.cache_bytes(shape, names_filter, incl_bwd)
+        if need > budget:
+            n = len(self._hooks.select(names_filter))
+            raise InputError(
+                f"This cache would hold {need / 2**20:.1f} MiB ({n} hook points for "
+                f"{shape[0]} prompt(s) of {shape[1]} tokens{', with gradients' if incl_bwd else ''}); "
+                f"the memory budget is {budget / 2**20:.1f} MiB. Cache fewer hook points "
+                "(names_filter=), fewer or shorter prompts, or raise memory_budget; "
+                "device='cpu' keeps the cache off the GPU.")
 
     # -- tokens ----------------------------------------------------------------------------
     def _encode_input(self, input, attention_mask, prepend_bos, padding_side) -> Encoded:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import norm_factor, split_out_proj
+from .adapters import live_param, norm_factor, split_out_proj
 from .errors import HookNameError, InputError
 from .names import act_name
 
@@ -21,14 +21,14 @@ from .names import act_name
 class CacheContext:
     """The facts about the model that the decompositions need (weights are the model's own
     tensors, not copies): ``W_U [d_model, d_vocab]``, the final norm module (its factor read at
-    use, so later edits count) and each layer's output projection weight as stored (``o_layout``
-    "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
+    use, so later edits count) and each layer's output projection, whose weight is read at use
+    as stored (``o_layout`` "linear": ``[d_model, n_heads*d_head]``; "conv1d": transposed)."""
 
     normalization_type: str  # "LN" (centre, then scale) or "RMS" (scale only)
     n_heads: int
     d_head: int
     W_U: torch.Tensor
-    o_weights: tuple[torch.Tensor, ...]
+    o_projs: tuple[torch.nn.Module, ...]  # each layer's output projection (weight read at use)
     o_layout: str
     ln_final: torch.nn.Module | None = None
     norm_weight_offset: float = 0.0  # Gemma's norms scale by 1 + weight
@@ -62,7 +62,7 @@ class CacheContext:
 
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""
-        return split_out_proj(self.o_weights[layer], self.o_layout, self.n_heads, self.d_head)
+        return split_out_proj(live_param(self.o_projs[layer]), self.o_layout, self.n_heads, self.d_head)
 
 
 def _pos(t: torch.Tensor, pos_slice, dim: int = -2) -> torch.Tensor:

@@ -30,13 +30,16 @@ def resolve(name_or_path: str) -> str:
 
 
 def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
-         device_map: Any = None, revision: str | None = None,
-         trust_remote_code: bool = False) -> tuple[Any, Any]:
+         device_map: Any = None, max_memory: dict | None = None, offload_folder: str | None = None,
+         revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``; the tokenizer is None when the folder has none. ``dtype``
     defaults to float32; ``trust_remote_code`` is never turned on implicitly. The name
     ``"workbench-demo"`` loads the embedded demo model (offline)."""
     if device is not None and device_map is not None:
         raise InputError("Pass either device= or device_map=, not both.")
+    if (max_memory is not None or offload_folder is not None) and device_map is None:
+        raise InputError("max_memory= and offload_folder= place a model across devices through "
+                         "accelerate: pass them with device_map= (e.g. device_map='auto').")
     name_or_path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision,
                                         trust_remote_code=trust_remote_code)
@@ -52,6 +55,8 @@ def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
     model = auto.from_pretrained(
         name_or_path, revision=revision, trust_remote_code=trust_remote_code,
         dtype=dtype or torch.float32, device_map=device_map,
+        **{k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder))
+           if v is not None},
         **({} if adapter is None  # the generic path sets it once the model is checked
            else {"attn_implementation": for_model(adapter, config).attn_implementation}),
     )

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .adapters import optional_module, split_out_proj
+from .adapters import live_param, optional_module, split_out_proj
 from .errors import InputError
 from .factored import FactoredMatrix
 
@@ -43,10 +43,10 @@ if TYPE_CHECKING:
 
 
 def in_out(module: nn.Module, layout: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A linear's ``(W [in, out], b [out] or None)`` from its stored weight (detached views)."""
-    w = module.weight.detach()
-    b = getattr(module, "bias", None)
-    return (w.T if layout == "linear" else w), (None if b is None else b.detach())
+    """A linear's ``(W [in, out], b [out] or None)`` from its stored weight (detached views; copies
+    of weights that accelerate offloaded, see :func:`~workbench.adapters.live_param`)."""
+    w, b = live_param(module), live_param(module, "bias")
+    return (w.T if layout == "linear" else w), b
 
 
 def _block(bridge: Bridge, layer: int, path: str) -> nn.Module:
@@ -130,7 +130,7 @@ def _linear(bridge: Bridge, path: str | None, what: str, bias: bool) -> torch.Te
 def _W_O(bridge: Bridge) -> torch.Tensor:
     c, a = bridge.cfg, bridge.adapter
     return _stack(bridge, lambda layer: split_out_proj(
-        _block(bridge, layer, a.attn_out_proj).weight.detach(), a.linear_layout, c.n_heads, c.d_head))
+        live_param(_block(bridge, layer, a.attn_out_proj)), a.linear_layout, c.n_heads, c.d_head))
 
 
 def _W_pos(bridge: Bridge) -> torch.Tensor:
@@ -141,7 +141,7 @@ def _W_pos(bridge: Bridge) -> torch.Tensor:
         raise InputError(f"This {bridge.cfg.model_type} model uses {bridge.cfg.positional_embedding_type} "
                          f"positions applied inside attention; it has no W_pos. Positions enter {how}.")
     # OPT keeps 2 rows before position 0
-    return bridge.model.get_submodule(bridge.adapter.pos_embed).weight.detach()[bridge.adapter.pos_offset:]
+    return live_param(bridge.model.get_submodule(bridge.adapter.pos_embed))[bridge.adapter.pos_offset:]
 
 
 def _b_U(bridge: Bridge) -> torch.Tensor:
@@ -155,7 +155,7 @@ def _W_E(bridge: Bridge) -> torch.Tensor:
     ``embedding_multiplier``."""
     module = bridge.model.get_submodule(bridge.adapter.embed)
     scale = getattr(module, "scalar_embed_scale", 1.0) * bridge.cfg.embed_multiplier
-    w = module.weight.detach()
+    w = live_param(module)
     return w if scale == 1.0 else w * torch.tensor(scale, dtype=w.dtype)
 
 

@@ -35,7 +35,15 @@ from . import (
     stablelm,
     starcoder2,
 )
-from .base import Adapter, for_model, norm_factor, norm_weight, optional_module, split_out_proj
+from .base import (
+    Adapter,
+    for_model,
+    live_param,
+    norm_factor,
+    norm_weight,
+    optional_module,
+    split_out_proj,
+)
 
 ADAPTERS: tuple[Adapter, ...] = (
     gpt2.ADAPTER,
@@ -64,7 +72,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     bert.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "known_adapter", "norm_factor",
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "known_adapter", "live_param", "norm_factor",
            "norm_weight", "optional_module", "split_out_proj", "supported_model_types"]
 
 

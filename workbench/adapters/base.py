@@ -127,13 +127,28 @@ def optional_module(root, path: str | None):
         return None
 
 
+def live_param(module, name: str = "weight") -> Any:
+    """``module``'s parameter ``name`` (detached), or None when it has none. A parameter that
+    accelerate offloaded (``device_map`` with "disk" or "cpu" offload: it sits on the "meta"
+    device between forwards) is loaded for the read and returned as a copy, as the module
+    would see it in its forward."""
+    p = getattr(module, name, None)
+    if p is None:
+        return None
+    if p.device.type == "meta" and hasattr(module, "_hf_hook"):
+        from accelerate.utils import align_module_device
+
+        with align_module_device(module):
+            return getattr(module, name).detach().clone()
+    return p.detach()
+
+
 def norm_factor(module, offset: float = 0.0) -> Any:
     """The factor a norm module multiplies by, ``[d]`` (detached), or None when it has no weight:
     its ``weight`` plus ``offset`` (Gemma stores ``w`` and scales by ``1 + w``)."""
-    w = getattr(module, "weight", None)
+    w = live_param(module)
     if w is None:
         return None
-    w = w.detach()
     return w + offset if offset else w
 
 
