@@ -79,3 +79,17 @@ def test_half_precision_equals_hf_eager_in_the_same_dtype(tmp_path, family, kw, 
     lens = logit_lens(bridge, TOKENS, layers=[bridge.cfg.n_layers - 1])
     assert lens.top_probs.dtype == torch.float32
     assert direct_logit_attribution(bridge, TOKENS, 5).values.dtype == torch.float32
+
+
+def test_gpu_benchmark_runs_in_smoke_mode():
+    """benchmarks/bench_gpu.py (run on a GPU machine for issue 8's table) runs end to end on a
+    tiny model on the CPU, so it does not rot between GPU sessions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    run = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| 64 |" in run.stdout and "cells/s" in run.stdout
