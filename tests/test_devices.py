@@ -93,3 +93,44 @@ def test_gpu_benchmark_runs_in_smoke_mode():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| 64 |" in run.stdout and "cells/s" in run.stdout
+
+
+def test_pin_memory_needs_a_gpu_model_cached_to_the_cpu(folder):
+    bridge = Bridge.from_pretrained(str(folder))
+    with pytest.raises(InputError, match="pin_memory=True .* needs device='cpu' and a CUDA GPU"):
+        bridge.run_with_cache(TOKENS, device="cpu" if torch.cuda.is_available() else None,
+                              pin_memory=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", ["llama3-8b", "gemma2-9b"])
+def test_real_shaped_bf16_on_gpu_equals_hf_eager(shape):
+    """A Llama-3-8B / Gemma-2-9B-shaped model (2 of its layers, random weights) in bf16 on the
+    GPU: the hooked run equals HF eager in bf16; a cache pinned on the CPU equals the GPU one."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_gpu import CONFIGS
+
+    config = CONFIGS[shape]()
+    config.num_hidden_layers = 2
+    if hasattr(config, "layer_types") and config.layer_types is not None:
+        config.layer_types = config.layer_types[:2]
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    tokens = torch.randint(0, config.vocab_size, (1, 256), device="cuda")
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        ref = model(tokens, output_hidden_states=True, output_attentions=True)
+        bridge = Bridge.from_hf(model)
+        logits, cache = bridge.run_with_cache(tokens)
+        _, pinned = bridge.run_with_cache(tokens, device="cpu", pin_memory=True)
+    rel_close(logits.float(), ref.logits.float(), 3e-2)
+    for layer in range(2):
+        rel_close(cache["resid_pre", layer].float(), ref.hidden_states[layer].float(), 3e-2)
+        rel_close(cache["pattern", layer].float(), ref.attentions[layer].float(), 3e-2)
+    for name in cache.keys():
+        assert pinned[name].is_pinned() and torch.equal(pinned[name], cache[name].cpu()), name

@@ -335,20 +335,33 @@ class Bridge:
     def run_with_cache(self, input, names_filter: NameFilter = None,
                        device: str | torch.device | None = None, remove_batch_dim: bool = False,
                        incl_bwd: bool = False, memory_budget: int | None = None,
-                       **forward_kwargs):
+                       pin_memory: bool = False, **forward_kwargs):
         """Run once and keep the chosen activations: returns ``(output, ActivationCache)``.
         ``device`` is where cached tensors are stored (default: where they were made; "cpu"
         moves each one there as it is made, so a long GPU run keeps little on the GPU). With
         ``incl_bwd`` the output must be a scalar (e.g. ``return_type="loss"``); its gradient
         w.r.t. every cached activation is stored as ``name + "_grad"``. ``memory_budget``
-        (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it."""
+        (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it.
+        ``pin_memory`` (with ``device="cpu"`` on a GPU model): cache into page-locked memory,
+        copied without blocking the GPU's stream (faster to send back to a GPU later)."""
         if memory_budget is not None:
             self._check_budget(input, names_filter, incl_bwd, memory_budget,
                                forward_kwargs.get("attention_mask"))
         store: dict[str, torch.Tensor] = {}
 
+        if pin_memory and (device is None or torch.device(device).type != "cpu"
+                           or not torch.cuda.is_available()):
+            raise InputError("pin_memory=True caches a GPU model's activations into page-locked CPU "
+                             f"memory: it needs device='cpu' and a CUDA GPU (got device={device!r}, "
+                             f"CUDA {'available' if torch.cuda.is_available() else 'not available'}).")
+
         def keep(tensor):  # moved as it comes, so a GPU run can cache to the CPU
-            return tensor.detach() if device is None else tensor.detach().to(device)
+            if device is None:
+                return tensor.detach()
+            if pin_memory and tensor.is_cuda:
+                pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                return pinned.copy_(tensor.detach(), non_blocking=True)
+            return tensor.detach().to(device)
 
         def save(tensor, hook):
             store[hook.name] = keep(tensor)
@@ -373,6 +386,8 @@ class Bridge:
                             "pass return_type='loss'."
                         )
                     out.backward()
+        if pin_memory:
+            torch.cuda.synchronize()  # the non-blocking copies have landed
         cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
