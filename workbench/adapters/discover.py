@@ -276,7 +276,7 @@ def discover(model: nn.Module) -> Adapter:
     return Adapter(
         family=f"generic:{c.model_type}", model_types=(c.model_type,), embed=path_of[id(embed)],
         pos_embed=None, blocks=blocks, ln_final=f"{path_of[id(base)]}.{final[0]}",
-        unembed=path_of[id(unembed)], ln1=ln1, ln2=ln2 if ln2 is not None else None, attn=a,
+        unembed=path_of[id(unembed)], ln1=ln1, ln2=ln2, attn=a,
         mlp=mlp, attn_qkv=tuple(f"{a}.{n}" for n in qkv),
         qkv_layout="split" if len(qkv) == 3 else "fused", attn_out_proj=f"{a}.{out_proj[0]}",
         mlp_in=f"{mlp}.{up}", mlp_gate=f"{mlp}.{gate}" if gate else None, mlp_out=f"{mlp}.{down}",
