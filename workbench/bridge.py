@@ -155,19 +155,23 @@ class Bridge:
                         dtype: torch.dtype | None = None, device_map: Any = None,
                         max_memory: dict | None = None, offload_folder: str | None = None,
                         revision: str | None = None, trust_remote_code: bool = False,
-                        fold_ln: bool = False, center_writing_weights: bool = False,
-                        center_unembed: bool = False, fold_value_biases: bool = False) -> Bridge:
+                        allow_pickle: bool = False, fold_ln: bool = False,
+                        center_writing_weights: bool = False, center_unembed: bool = False,
+                        fold_value_biases: bool = False) -> Bridge:
         """Load a hub name or a local ``save_pretrained`` folder (same code path) and wrap it.
         ``"workbench-demo"`` is the embedded demo model (offline, see docs/demo_model.md).
         ``device_map`` / ``max_memory`` / ``offload_folder`` spread the model with accelerate
         (e.g. ``device_map="auto"``; layers offloaded to the CPU or disk load for each forward,
-        and the weight readers load them the same way). The four processing flags (off by
-        default) are :meth:`process_weights`'s."""
+        and the weight readers load them the same way). Weights load from safetensors;
+        pickle-based files (``pytorch_model.bin``) only with ``allow_pickle=True``, since
+        unpickling can run code. The four processing flags (off by default) are
+        :meth:`process_weights`'s."""
         from .loading import load
 
         model, tokenizer = load(name_or_path, device=device, dtype=dtype, device_map=device_map,
                                 max_memory=max_memory, offload_folder=offload_folder,
-                                revision=revision, trust_remote_code=trust_remote_code)
+                                revision=revision, trust_remote_code=trust_remote_code,
+                                allow_pickle=allow_pickle)
         bridge = cls.from_hf(model, tokenizer)
         flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                      center_unembed=center_unembed, fold_value_biases=fold_value_biases)

@@ -31,9 +31,11 @@ def resolve(name_or_path: str) -> str:
 
 def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
          device_map: Any = None, max_memory: dict | None = None, offload_folder: str | None = None,
-         revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
+         revision: str | None = None, trust_remote_code: bool = False,
+         allow_pickle: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``; the tokenizer is None when the folder has none. ``dtype``
-    defaults to float32; ``trust_remote_code`` is never turned on implicitly. The name
+    defaults to float32; ``trust_remote_code`` is never turned on implicitly, and pickle-based
+    weight files load only with ``allow_pickle``. The name
     ``"workbench-demo"`` loads the embedded demo model (offline)."""
     if device is not None and device_map is not None:
         raise InputError("Pass either device= or device_map=, not both.")
@@ -52,14 +54,23 @@ def load(name_or_path: str, *, device=None, dtype: torch.dtype | None = None,
     ensure_registered()
     encoder = adapter is not None and adapter.encoder
     auto = AutoModel if encoder else AutoModelForCausalLM  # an encoder loads headless
-    model = auto.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code,
-        dtype=dtype or torch.float32, device_map=device_map,
-        **{k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder))
-           if v is not None},
-        **({} if adapter is None  # the generic path sets it once the model is checked
-           else {"attn_implementation": for_model(adapter, config).attn_implementation}),
-    )
+    kwargs: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code,
+                                  dtype=dtype or torch.float32, device_map=device_map,
+                                  use_safetensors=None if allow_pickle else True)
+    kwargs.update({k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder))
+                   if v is not None})
+    if adapter is not None:  # (the generic path sets it once the model is checked)
+        kwargs["attn_implementation"] = for_model(adapter, config).attn_implementation
+    try:
+        model = auto.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        if allow_pickle or "safetensors" not in str(err):
+            raise
+        raise InputError(
+            f"Found no safetensors weights for {name_or_path!r}. Weights in pickle-based files "
+            "(pytorch_model.bin, *.pt) are not loaded by default: unpickling can run code. If you "
+            "trust this checkpoint, pass allow_pickle=True (or convert it to safetensors)."
+        ) from err
     if device is not None:
         model.to(device)
     model.eval()
