@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 from conftest import VARIANTS, assert_equals_hf_eager, no_torch_hooks
+from conftest import rel_close as close
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from workbench import Bridge, UnsupportedModelError, UnverifiedFamilyWarning
@@ -26,10 +27,6 @@ SIZES = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key
              intermediate_size=128, vocab_size=103, head_dim=16, pad_token_id=1, bos_token_id=0,
              eos_token_id=0, max_position_embeddings=128)
 GENERIC = ("helium", "glm4", "arcee", "olmo3", "nemotron")
-
-
-def close(a, b, tol=1e-4):
-    assert ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() < tol
 
 
 def random_norms(model, seed: int = 0) -> None:

@@ -6,6 +6,7 @@ equivalent; logits-only features refuse clearly."""
 import pytest
 import torch
 from conftest import assert_padding_equivalent, no_torch_hooks
+from conftest import rel_close as close
 from transformers import AutoModel
 
 from workbench import Bridge, InputError
@@ -13,10 +14,6 @@ from workbench.encoder import EncoderBridge
 from workbench.toy import char_tokenizer, tiny_config
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The cat sat"]
-
-
-def close(a, b, tol=1e-4):
-    assert ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() < tol
 
 
 @pytest.fixture(scope="module", params=["minilm", "tiny_bert"])

@@ -2,13 +2,9 @@
 
 import torch
 from conftest import assert_equals_hf_eager, assert_padding_equivalent, no_torch_hooks, norm_affine
+from conftest import rel_close as close
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-def close(a, b, tol=1e-4):
-    scale = b.abs().max().clamp_min(1.0)
-    assert ((a - b).abs().max() / scale).item() < tol
 
 
 def test_logits_and_residuals_equal_hf_eager(bridge, hf_eager):

@@ -163,7 +163,7 @@ def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: 
 
 
 def _norm_eps(module: nn.Module, default: float) -> float:
-    for attr in ("eps", "variance_epsilon"):
+    for attr in ("eps", "variance_epsilon", "epsilon"):
         if isinstance(getattr(module, attr, None), float):
             return getattr(module, attr)
     return default

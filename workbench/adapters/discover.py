@@ -30,6 +30,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..errors import UnsupportedModelError, UnverifiedFamilyWarning
+from ..taps import _first_arg, _norm_eps
 from .base import Adapter
 
 _ATTN_SPLIT = ("q_proj", "k_proj", "v_proj")
@@ -63,8 +64,7 @@ def _is_norm(module: nn.Module, d_model: int) -> bool:
 def _norm_kind(norm: nn.Module, d_model: int) -> tuple[str, float, float]:
     """``(normalization, weight offset, eps)`` of a norm, told by evaluating it on probe rows
     ``[4, d_model]`` with a non-zero mean and comparing with each formula."""
-    eps = next((v for v in (getattr(norm, a, None) for a in ("eps", "variance_epsilon",
-                                                               "epsilon")) if isinstance(v, float)), 1e-5)
+    eps = _norm_eps(norm, 1e-5)
     p = next(norm.parameters(), None)
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(4, d_model, generator=gen) * 2 + 1.5).to(p.dtype if p is not None else torch.float32)
@@ -99,10 +99,6 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape)
 
 
-def _first(args: tuple, kwargs: dict):
-    return args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
-
-
 def _trace(model: nn.Module, block: nn.Module, names: list[str]) -> dict[str, tuple]:
     """One probe forward; ``{name: (first input, first output)}`` of block 0's children ``names``
     (and ``""``: the block itself)."""
@@ -114,7 +110,7 @@ def _trace(model: nn.Module, block: nn.Module, names: list[str]) -> dict[str, tu
         def hook(mod, args, kwargs, output, name=name):
             if name not in seen:
                 out = output[0] if isinstance(output, tuple) else output
-                seen[name] = (_first(args, kwargs), out)
+                seen[name] = (_first_arg(args, kwargs)[0], out)
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -314,7 +310,7 @@ def _reference(model: nn.Module, a: Adapter, ids: torch.Tensor):
     weights: dict[int, torch.Tensor] = {}
     def keep_input(L):
         def hook(mod, args, kwargs):
-            inputs.setdefault(L, _first(args, kwargs))
+            inputs.setdefault(L, _first_arg(args, kwargs)[0])
         return hook
 
     def keep_weights(L):
