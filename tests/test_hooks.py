@@ -151,6 +151,16 @@ def test_backward_hooks_and_incl_bwd(bridge):
                                         incl_bwd=True, return_type="loss")
     assert cache["blocks.0.hook_resid_pre_grad"].shape == cache["resid_pre", 0].shape
     assert cache["blocks.0.hook_resid_pre_grad"].abs().sum() > 0
+    assert all(p.grad is None for p in bridge.model.parameters())  # only activations differentiated
+    kept = {}
+
+    def retain(x, hook):
+        x.retain_grad()
+        kept["x"] = x
+    with bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", retain)]):
+        bridge(PROMPT, return_type="loss").backward()  # the plain way: equal gradients
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre_grad"], kept["x"].grad, rtol=0, atol=0)
+    bridge.model.zero_grad(set_to_none=True)
     with bridge.hooks(bwd_hooks=[("hook_embed", lambda g, hook: grads.setdefault("g", g))]):
         bridge(PROMPT, return_type="loss").backward()
     assert grads["g"].shape[-1] == bridge.cfg.d_model

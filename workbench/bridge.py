@@ -344,7 +344,8 @@ class Bridge:
         ``device`` is where cached tensors are stored (default: where they were made; "cpu"
         moves each one there as it is made, so a long GPU run keeps little on the GPU). With
         ``incl_bwd`` the output must be a scalar (e.g. ``return_type="loss"``); its gradient
-        w.r.t. every cached activation is stored as ``name + "_grad"``. ``memory_budget``
+        w.r.t. every cached activation is stored as ``name + "_grad"`` (the parameters' ``.grad``
+        stay untouched: nothing is differentiated w.r.t. the weights). ``memory_budget``
         (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it.
         ``pin_memory`` (with ``device="cpu"`` on a GPU model): cache into page-locked memory,
         copied without blocking the GPU's stream (faster to send back to a GPU later)."""
@@ -367,8 +368,12 @@ class Bridge:
                 return pinned.copy_(tensor.detach(), non_blocking=True)
             return tensor.detach().to(device)
 
+        live: list[torch.Tensor] = []  # what the gradients are taken with respect to
+
         def save(tensor, hook):
             store[hook.name] = keep(tensor)
+            if incl_bwd and tensor.requires_grad:
+                live.append(tensor)
 
         def save_grad(grad, hook):
             store[hook.name + "_grad"] = keep(grad)
@@ -389,7 +394,9 @@ class Bridge:
                             "incl_bwd=True differentiates the output, which must be a scalar; "
                             "pass return_type='loss'."
                         )
-                    out.backward()
+                    # with respect to the activations only: no parameter's .grad is written
+                    if live:
+                        torch.autograd.grad(out, live, allow_unused=True)
         if pin_memory:
             torch.cuda.synchronize()  # the non-blocking copies have landed
         cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
