@@ -112,13 +112,20 @@ class Panel(anywidget.AnyWidget):
         self._png_path: Path | None = None
         self.last_png: bytes | None = None
         super().__init__(**kwargs)
-        for name in self._linked:
-            traitlets.link((self.selection, name), (self, name))
+        self._links = [traitlets.link((self.selection, name), (self, name)) for name in self._linked]
         self.on_msg(self._on_custom)
 
     @property
     def bridge(self) -> Any:
         return self._bridge
+
+    def close(self) -> None:
+        """Close the view and let go of the shared selection (a closed panel, with what it
+        computed, is then freed even while other panels on the same selection live on)."""
+        for link in self._links:
+            link.unlink()
+        self._links = []
+        super().close()
 
     # -- errors and busy state --------------------------------------------------------------------
     @contextlib.contextmanager

@@ -58,7 +58,7 @@ class BackgroundJob:
         try:
             with self.lock:
                 target(*args)
-        except Exception as exc:  # noqa: BLE001 - nobody would see it in a thread: hand it on
+        except BaseException as exc:  # noqa: BLE001 - nobody would see it in a thread: hand it on
             self._on_error(exc)
         finally:
             self._on_done()

@@ -90,7 +90,7 @@ class AttentionPanel(Panel):
                 self.tokens = self._patterns(self.layer).str_tokens
             else:
                 self.tokens = []
-        except Exception:
+        except BaseException:  # an interrupt too: no tokens shown over no patterns
             self.tokens = []
             raise
         finally:

@@ -103,8 +103,8 @@ class HookPicker(Panel):
     def _run(self) -> None:
         if not self.prompt:
             raise ValueError("no prompt: type one in the panel (or set picker.prompt) before caching.")
+        self.cache, self.cached = None, []  # a failed run leaves none (never the old prompt's)
         if not self.hooks:
-            self.cache, self.cached = None, []
             return
         _, self.cache = self.bridge.run_with_cache(self.prompt, names_filter=list(self.hooks))
         self.cached = [{"name": k, "shape": list(v.shape), "bytes": v.numel() * v.element_size()}

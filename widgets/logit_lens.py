@@ -84,11 +84,16 @@ class LogitLensPanel(Panel):
             self.result, self.code = None, ""
             self.version += 1
             return
-        target = self._target_arg()
-        self.result = logit_lens(self.bridge, self.prompt, sites=tuple(self.sites), k=self.k,
-                                 target=target)
+        target = self._target_arg()  # a target that is not one token keeps the view (and says so)
+        try:
+            self.result = logit_lens(self.bridge, self.prompt, sites=tuple(self.sites), k=self.k,
+                                     target=target)
+        except BaseException:  # a failed run shows no lens (never the old inputs' one)
+            self.result = None
+            raise
+        finally:
+            self.version += 1
         self.code = self._code(target)
-        self.version += 1
 
     def _code(self, target: str | None) -> str:
         args = [repr(self.prompt), f"sites={tuple(self.sites)!r}", f"k={self.k}"]

@@ -82,3 +82,11 @@ class Workbench(w.VBox):
                              + (f" · heads {heads}" if heads else "")
                              + (f" · position {pos}{tok}" if pos >= 0 else "")
                              + f" · {len(s.tokens)} tokens")
+
+    def close(self) -> None:
+        """Close every panel (a running sweep is cancelled) and the Workbench itself."""
+        for panel in self.panels.values():
+            panel.close()
+        for child in (*self.children[0].children, self.children[0]):
+            child.close()
+        super().close()

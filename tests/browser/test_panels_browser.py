@@ -104,6 +104,25 @@ def test_patching_sweep_and_cell_click(page):
     shoot(p, "patching")
 
 
+def test_fifty_rapid_clicks_end_on_the_last(page):
+    """50 clicks on different cells, as fast as Playwright clicks (no wait between them): when the
+    kernel is idle again the panel and the selection show the last click's cell."""
+    p = panel(page, "patching")
+    canvas = p.locator("canvas.wb-heatmap").first
+    cells = [(layer, pos) for pos in range(5, 15) for layer in range(5)]
+    for row, col in cells:
+        grid_click(page, canvas, row, col)
+    layer, pos = cells[-1]
+    idle = page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\| Idle$"))
+    expect(idle).to_be_visible(timeout=T)
+    expect(p).to_contain_text(f"resid_pre L{layer} @ {pos}", timeout=T)
+    expect(where(page)).to_contain_text(f"layer {layer}", timeout=T)
+    expect(where(page)).to_contain_text(f"position {pos}", timeout=T)
+    page.wait_for_timeout(500)  # nothing older arrives after it
+    expect(p).to_contain_text(f"resid_pre L{layer} @ {pos}")
+    expect(p.locator(".wb-error")).to_be_hidden()
+
+
 def test_markup_tokens_stay_text(page):
     p = panel(page, "markup")
     strip = p.locator(".wb-tok")
