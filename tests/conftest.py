@@ -212,8 +212,24 @@ SUPPORT_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "support_result
 _outcomes: dict[tuple[str, str], list[str]] = {}
 
 
+# the reliability suites (issue 9): `make test` ends with how many cases each ran and passed
+RELIABILITY_SUITES = {
+    "test_fault_injection.py": "fault injection (exceptions, interrupts, cancels at random points)",
+    "test_panel_abuse.py": "panels under faults and abuse (rapid clicks, prompt changes, memory)",
+    "test_bad_inputs.py": "bad-input catalogue (a clear error, then a usable kernel)",
+    "test_offline.py": "no network (every panel and analysis with sockets blocked)",
+    "test_loading.py": "loading safety (safetensors, no pickle or remote code unless asked)",
+    "test_injection_browser.py": "markup and script injection (real browser, every panel and export)",
+}
+_reliability: dict[str, dict[str, int]] = {}
+
+
 def pytest_runtest_logreport(report):
     path, _, rest = report.nodeid.partition("::")
+    suite = path.rsplit("/", 1)[-1]
+    if suite in RELIABILITY_SUITES and (report.when == "call" or report.outcome != "passed"):
+        counts = _reliability.setdefault(suite, {})
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
     func, _, params = rest.partition("[")
     key = f"{path.rsplit('/', 1)[-1]}::{func}"
     columns = ENCODER_COLUMNS if path.endswith("test_encoder.py") else SUPPORT_COLUMNS
@@ -244,3 +260,14 @@ def pytest_sessionfinish(session, exitstatus):
                        "results": results}, indent=1, sort_keys=True) + "\n"
     if not SUPPORT_RESULTS.exists() or SUPPORT_RESULTS.read_text() != text:
         SUPPORT_RESULTS.write_text(text)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _reliability:
+        return
+    terminalreporter.section("reliability suites (docs/reliability.md)")
+    for suite, what in RELIABILITY_SUITES.items():
+        counts = _reliability.get(suite)
+        if counts:
+            ran = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+            terminalreporter.write_line(f"{suite:<28} {ran:<22} {what}")

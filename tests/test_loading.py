@@ -1,5 +1,6 @@
-"""Loading safety and determinism: pickle-based weights load only when the caller opts in, and
-the same input gives bit-identical caches and patching results on the CPU."""
+"""Loading safety and determinism: pickle-based weights load only when the caller opts in, a
+checkpoint's own Python code runs only with ``trust_remote_code=True``, and the same input gives
+bit-identical caches and patching results on the CPU."""
 
 import pytest
 import torch
@@ -41,3 +42,26 @@ def test_same_input_gives_bit_identical_caches_and_sweeps(demo):
 
     sweeps = [patch_sweep(demo, prompt, corrupted, site="resid_pre", metric=metric) for _ in range(2)]
     assert torch.equal(sweeps[0].values, sweeps[1].values)
+
+
+def test_remote_code_runs_only_when_asked(tmp_path, monkeypatch):
+    """A folder whose config maps to its own Python file: without ``trust_remote_code=True`` the
+    load is refused with the fix named and the file never runs; with it, the file runs."""
+    import json
+
+    marker = tmp_path / "RAN"
+    monkeypatch.setenv("WORKBENCH_TEST_MARKER", str(marker))
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "custom_lm", "auto_map": {
+        "AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel"}}))
+    (folder / "custom.py").write_text(
+        "import os, pathlib\npathlib.Path(os.environ['WORKBENCH_TEST_MARKER']).write_text('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom_lm'\n")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        Bridge.from_pretrained(str(folder))
+    assert not marker.exists()  # nothing of the folder's code ran
+    with pytest.raises(AttributeError, match="CustomModel"):  # the file ran, then lacks a model
+        Bridge.from_pretrained(str(folder), trust_remote_code=True)
+    assert marker.read_text() == "ran"
