@@ -191,7 +191,8 @@ SUPPORT_COLUMNS = {
                   "test_hooks.py::test_writes_change_downstream"],
     "weight processing": ["test_processing.py::test_outputs_preserved",
                           "test_processing.py::test_fold_ln"],
-    "generation": ["test_parity.py::test_generation_with_cache_equals_hf_eager"],
+    "generation": ["test_parity.py::test_generation_with_cache_equals_hf_eager",
+                   "test_generation.py::test_greedy_equals_hf_generate"],
     "TransformerLens": ["test_transformer_lens_oracle.py::test_every_hook_matches_transformer_lens"],
 }
 # encoders are not causal LMs, so not VARIANTS entries: tests/test_encoder.py runs them, and its

@@ -47,6 +47,8 @@ from workbench import (
 )
 from workbench.metrics import logit_diff
 
+# generation: bridge.generate / generate_stream (with hooks, a KV cache, return_cache)
+
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 PROMPT = "The cat sat on the mat. The cat sat on the"
@@ -88,8 +90,16 @@ def _make_entries():
         with b.hooks(fwd_hooks=[("blocks.1.attn.hook_z", _z_ablation)]):
             return (b(PROMPT),)
 
+    def stream(b, state):  # a steered stream, consumed step by step
+        steer = ("blocks.2.hook_resid_post", lambda a, hook: a + 0.5)
+        return (torch.stack([s.logits for s in b.generate_stream([PROMPT, "The cat"], 4, stop_at_eos=False,
+                                                                  fwd_hooks=[steer])]),)
+
     return {
         "forward": (lambda b, s: (b(PROMPT),), False),
+        "generate": (lambda b, s: (b.generate(CLEAN, 5, stop_at_eos=False, fwd_hooks=[
+            ("blocks.1.attn.hook_v", _z_ablation)], return_cache=True).cache["resid_post", 3],), False),
+        "generate_stream": (stream, False),
         "forward_batch_padded": (lambda b, s: (b([PROMPT, "The cat"]),), False),
         "stop_at_layer": (lambda b, s: (b(PROMPT, stop_at_layer=3),), False),
         "run_with_hooks": (lambda b, s: (b.run_with_hooks(

@@ -17,6 +17,7 @@ from .errors import (
                      WorkbenchError,
 )
 from .factored import FactoredMatrix
+from .generation import Generation, GenerationStep
 from .head_scores import HeadScores, head_scores
 from .hook_info import HookInfo
 from .hook_points import AttachedHook, HookPoint
@@ -29,13 +30,16 @@ from .patch_result import PatchResult
 from .patching import patch_sweep
 from .path_patching import PathPatchResult, path_patch, path_patch_sweep
 from .patterns import AttentionPatterns, attention_patterns
+from .steering import Steering
 
 __all__ = [
     "ActivationCache", "AttachedHook", "AttentionPatterns", "AttributionResult", "Bridge",
     "BridgeConfig", "Cancelled", "CellPatch", "CellPatcher", "CompositionScores", "CostEstimate",
-    "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "HeadScores", "HookInfo",
+    "DirectLogitAttribution", "FactoredMatrix", "ForwardOutput", "Generation", "GenerationStep",
+    "HeadScores", "HookInfo",
     "HookNameError", "HookPoint", "HookShapeError", "InputError", "LogitLens", "Metric",
-    "PatchResult", "PathPatchResult", "TokenizerError", "UnsupportedModelError", "UnverifiedFamilyWarning",
+    "PatchResult", "PathPatchResult", "Steering", "TokenizerError", "UnsupportedModelError",
+    "UnverifiedFamilyWarning",
     "WorkbenchError",
     "attention_patterns", "attribution_sweep", "composition_scores", "direct_logit_attribution",
     "estimate_cost", "head_scores", "keep_freed_memory", "logit_lens", "patch_cell", "patch_sweep",

@@ -10,7 +10,10 @@ function named by ``config._attn_implementation`` with ``query [batch, n_heads, 
   (post-rotary, ``[batch, pos, heads, d_head]``), ``hook_attn_scores`` (pre-softmax, masked
   entries ``-inf``, ``[batch, n_heads, q_pos, k_pos]``), ``hook_pattern`` (post-softmax) and
   ``hook_z`` (``[batch, pos, n_heads, d_head]``), each readable and writable, numerically equal
-  to HF's eager path.
+  to HF's eager path. On a step with a key-value cache (generation) the keys reach the function
+  with the cached positions in front: ``hook_k`` / ``hook_v`` then show only the new positions,
+  and a write to them is stored in the cache; ``hook_attn_scores`` / ``hook_pattern`` are
+  ``[batch, n_heads, new_pos, all_pos]``.
 
 Masks are built by HF's SDPA mask builder (a boolean ``[batch, 1, q, k]`` mask, True = attend, or
 None for a plain causal run), registered under the same name.
@@ -18,7 +21,10 @@ None for a plain causal run), registered under the same name.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +33,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .errors import HookShapeError
 from .hook_points import HookPoint
 
 ATTN_IMPLEMENTATION = "workbench"
@@ -109,6 +116,47 @@ def _allowed(mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.de
     return mask[..., :q_len, :k_len] > torch.finfo(mask.dtype).min / 2
 
 
+class _KVState(threading.local):
+    write_back = False  # set by generation around each pass that fills a key-value cache
+
+
+_KV = _KVState()
+
+
+@contextlib.contextmanager
+def kv_write_back() -> Iterator[None]:
+    """While inside, writes to ``hook_k`` / ``hook_v`` go into the tensors HF passed in, which
+    are the key-value cache's own (so they last for the later steps), on the prompt's pass too."""
+    before, _KV.write_back = _KV.write_back, True
+    try:
+        yield
+    finally:
+        _KV.write_back = before
+
+
+def _fire_new_positions(point: HookPoint, x: torch.Tensor, q_len: int, groups: int) -> None:
+    """Fire ``point`` on the last ``q_len`` positions of ``x [b, h_kv, k, d]`` (the cached
+    tensor HF passes in) as ``[b, q_len, h_kv * groups, d]`` and write the result back into
+    ``x`` in place, so a write lasts in the key-value cache for the later steps. Shown per query
+    head (``groups > 1``), a write must be the same within each K/V group: the cache holds one."""
+    new = x[:, :, -q_len:]
+    shown = (_repeat_heads(new, groups, 1) if groups > 1 else new).transpose(1, 2)
+    out = point.fire(shown)
+    if groups > 1:
+        b, q, h, d = out.shape
+        per_group = out.reshape(b, q, h // groups, groups, d)
+        if not torch.equal(per_group, per_group[:, :, :, :1].expand_as(per_group)):
+            raise HookShapeError(
+                f"A hook on {point.name!r} wrote different values to query heads that share a K/V "
+                "head, during generation with a key-value cache, which stores one K/V per group. "
+                "Write whole groups, generate with use_past_kv_cache=False, or set "
+                "bridge.ungroup_grouped_query_attention = False."
+            )
+        out = per_group[:, :, :, 0]
+    if out is not shown:
+        new.copy_(out.transpose(1, 2))
+
+
 def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.Tensor,
                            key: torch.Tensor, value: torch.Tensor,
                            attention_mask: torch.Tensor | None, *, scaling: float | None,
@@ -126,13 +174,20 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
         new = site.q.fire(shown)
         if new is not shown or site.q.bwd:
             query = (new * site.q_prescale).transpose(1, 2)
-    if site.ungroup_kv and groups > 1 and (site.k.active or site.v.active):
-        key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
-        groups = 1
-    if site.k.active:
-        key = site.k.fire(key.transpose(1, 2)).transpose(1, 2)
-    if site.v.active:
-        value = site.v.fire(value.transpose(1, 2)).transpose(1, 2)
+    q_len = query.shape[2]
+    if key.shape[2] > q_len or _KV.write_back:  # with a key-value cache: K/V hooks see the new positions
+        shown_groups = groups if site.ungroup_kv else 1
+        for point, x in ((site.k, key), (site.v, value)):
+            if point.active:
+                _fire_new_positions(point, x, q_len, shown_groups)
+    else:
+        if site.ungroup_kv and groups > 1 and (site.k.active or site.v.active):
+            key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
+            groups = 1
+        if site.k.active:
+            key = site.k.fire(key.transpose(1, 2)).transpose(1, 2)
+        if site.v.active:
+            value = site.v.fire(value.transpose(1, 2)).transpose(1, 2)
     key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
 
     scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)  # in place: no second buffer

@@ -289,7 +289,8 @@ class Bridge:
         if stop_at_layer is None:
             return None
         n = self.cfg.n_layers
-        if not isinstance(stop_at_layer, int) or not -n <= stop_at_layer <= n:
+        if (isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int)
+                or not -n <= stop_at_layer <= n):
             raise InputError(f"stop_at_layer must be an int in [-{n}, {n}]; got {stop_at_layer!r}.")
         layer = stop_at_layer if stop_at_layer >= 0 else n + stop_at_layer
         module = (get_module(self.model, self.adapter.ln_final) if layer == n
@@ -352,6 +353,11 @@ class Bridge:
         if memory_budget is not None:
             self._check_budget(input, names_filter, incl_bwd, memory_budget,
                                forward_kwargs.get("attention_mask"))
+        try:
+            torch.device(device) if device is not None else None  # a clear error for a typo
+        except (RuntimeError, TypeError) as err:
+            raise InputError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...); got "
+                             f"{device!r} ({err}).") from None
         store: dict[str, torch.Tensor] = {}
 
         if pin_memory and (device is None or torch.device(device).type != "cpu"
@@ -403,6 +409,9 @@ class Bridge:
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
     def _check_budget(self, input, names_filter, incl_bwd, budget: int, mask) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise InputError(f"memory_budget is a positive number of bytes (e.g. 2**30 for 1 GiB); "
+                             f"got {budget!r}. Leave it None for no limit.")
         shape = tuple(self._encode_input(input, mask, None, None).tokens.shape)
         need = self.cache_bytes(shape, names_filter, incl_bwd)
         if need > budget:
@@ -439,7 +448,11 @@ class Bridge:
 
     def _check_token_tensor(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise InputError(f"Token ids must be an integer tensor; got {tokens.dtype}.")
+            raise InputError(f"Token ids must be an integer tensor; got {tokens.dtype}. Pass "
+                             "tokens.long(), or the text itself.")
+        if tokens.is_meta:
+            raise InputError("Token ids are on the meta device, which holds shapes but no values; "
+                             "pass real ids (e.g. bridge.to_tokens(prompt)).")
         if tokens.ndim == 1:
             tokens = tokens[None]
             mask = None if mask is None else mask.reshape(1, -1)
@@ -457,7 +470,24 @@ class Bridge:
         elif mask.shape != tokens.shape:
             raise InputError(f"attention_mask has shape {tuple(mask.shape)}; expected the tokens' "
                              f"shape {tuple(tokens.shape)}.")
+        elif not bool(((mask == 0) | (mask == 1)).all()) or not bool(mask.bool().any(-1).all()):
+            raise InputError(f"attention_mask must hold 1 (real token) and 0 (padding), with at least "
+                             f"one 1 per prompt; got values {sorted(set(mask.flatten().tolist()))[:5]}"
+                             f" (rows without a real token: {(~mask.bool().any(-1)).sum().item()}). "
+                             "Build it as (tokens != pad_id).long(), or let to_tokens pad text.")
         return Encoded(tokens.long(), mask.long())
+
+    # -- generating (workbench/generation.py) -----------------------------------------------
+    def generate(self, input, max_new_tokens: int = 20, **options):
+        """Generate with hooks and a key-value cache: see :func:`workbench.generation.generate`
+        (returns a :class:`~workbench.generation.Generation`)."""
+        from .generation import generate
+        return generate(self, input, max_new_tokens, **options)
+
+    def generate_stream(self, input, max_new_tokens: int = 20, **options):
+        """Yield each new token as it comes: see :func:`workbench.generation.generate_stream`."""
+        from .generation import generate_stream
+        return generate_stream(self, input, max_new_tokens, **options)
 
     def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None,
                   padding_side: str | None = None) -> torch.Tensor:
@@ -489,6 +519,9 @@ class Bridge:
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (no BOS, no special tokens)."""
+        if not isinstance(string, str) or string == "":
+            raise TokenizerError(f"to_single_token takes a non-empty string that is one token (e.g. "
+                                 f"' Mary'); got {string!r}. A token id needs no conversion.")
         ids = encode(self.tokenizer, string, prepend_bos=False, padding_side=None).tokens[0]
         if ids.numel() != 1:
             raise TokenizerError(
@@ -511,7 +544,11 @@ class Bridge:
         tid = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
         hits = (tokens == tid).nonzero().flatten()
         if hits.numel() == 0:
-            raise InputError(f"Token {single_token!r} (id {tid}) does not occur in the prompt.")
+            tok = self.tokenizer
+            shown = tokens.tolist() if tok is None else decode_each(tok, tokens.tolist())
+            raise InputError(f"Token {single_token!r} (id {tid}) does not occur in the prompt, whose "
+                             f"{len(shown)} tokens are {shown[:40]}{' ...' if len(shown) > 40 else ''}. "
+                             "Pick one of those (mind the leading space).")
         return int(hits[0] if mode == "first" else hits[-1])
 
 
