@@ -15,11 +15,12 @@ from typing import Any
 
 from ._selection import Selection
 
-_PANELS = {"AttentionPanel": "attention", "CompositionPanel": "composition", "HookPicker": "hook_picker",
-           "LogitLensPanel": "logit_lens", "PatchingPanel": "patching", "Workbench": "workbench"}
+_PANELS = {"AttentionPanel": "attention", "CompositionPanel": "composition", "GenerationPanel": "generation",
+           "HookPicker": "hook_picker", "LogitLensPanel": "logit_lens", "PatchingPanel": "patching",
+           "Workbench": "workbench"}
 
-__all__ = ["AttentionPanel", "CompositionPanel", "HookPicker", "LogitLensPanel", "PatchingPanel",
-           "Selection", "Workbench"]
+__all__ = ["AttentionPanel", "CompositionPanel", "GenerationPanel", "HookPicker", "LogitLensPanel",
+           "PatchingPanel", "Selection", "Workbench"]
 
 
 def __getattr__(name: str) -> Any:
