@@ -235,4 +235,41 @@ CELLS = [
         assert ablated_loss > clean_loss
         assert bridge.attached_hooks() == []  # temporary hooks never stay attached
     """),
+    md("""
+        ### Generate with hooks, and steer
+
+        `bridge.generate` decodes token by token with the model's key-value cache (greedy by
+        default, equal to HF's `generate`); `bridge.generate_stream` yields each token as it comes.
+        Hooks fire on every step: first on the whole prompt, then on one new position per step
+        (K/V hooks see the new token's keys; patterns are `[batch, heads, 1, keys so far]`).
+    """),
+    code("""
+        shapes = []
+        out = bridge.generate(prompt, 4, fwd_hooks=[
+            ('blocks.0.hook_resid_pre', lambda x, hook: shapes.append(tuple(x.shape)))])
+        print(repr(out.text[0]), out.finish_reason, shapes)
+        assert shapes[0] == (1, n_tok, bridge.cfg.d_model) and set(shapes[1:]) == {(1, 1, bridge.cfg.d_model)}
+        for step in bridge.generate_stream('Alice met Bob. Alice', 4):
+            print(step.step, repr(step.strs[0]))
+    """),
+    md("""
+        A steering vector is a direction added to an activation at every step. Here: the mean
+        final residual of IOI prompts whose answer is ' Mary' minus that of the same prompts
+        with the names swapped (answer ' John'). Added to a prompt about Anna and Peter, it pulls
+        the answer towards ' Mary' as the scale grows. The same `Steering` works in runs
+        (`run_with_hooks`) and in patching (`with bridge.hooks(fwd_hooks=[steer.hook])`).
+    """),
+    code("""
+        from workbench import Steering
+
+        towards = ['When Mary and John went to the store, John gave a drink to',
+                   'Then Mary and John walked home, and John gave a gift to']
+        away = [p.replace('Mary', '@').replace('John', 'Mary').replace('@', 'John') for p in towards]
+        steer = Steering.from_prompts(bridge, 'blocks.4.hook_resid_post', towards, away)
+        other = 'When Anna and Peter went to the park, Peter gave a book to'
+        for scale in (0, 1, 2, 4):
+            out = bridge.generate(other, 3, fwd_hooks=[steer.scaled(scale).hook])
+            print(f'scale {scale}: {out.text[0]!r}')
+        assert bridge.generate(other, 3, fwd_hooks=[steer.scaled(4).hook]).text[0].startswith(' Mary')
+    """),
 ]
