@@ -25,7 +25,14 @@ import torch
 from test_fault_injection import Bomb, hook_state, model_state
 from widget_comm import front_end_sends, front_end_sets, reply
 
-from widgets import AttentionPanel, HookPicker, LogitLensPanel, PatchingPanel, Workbench
+from widgets import (
+    AttentionPanel,
+    GenerationPanel,
+    HookPicker,
+    LogitLensPanel,
+    PatchingPanel,
+    Workbench,
+)
 from workbench import patch_cell, patch_sweep
 from workbench.metrics import logit_diff
 
@@ -90,6 +97,25 @@ def _attribution_act(p):
     p.wait(timeout=120)
 
 
+def _generation(demo):
+    return GenerationPanel(demo, CLEAN, max_new_tokens=4)
+
+
+def _generate_act(p):
+    _action(p, "generate")
+    p.wait(timeout=120)
+
+
+def _generated(demo):
+    p = _generation(demo)
+    _generate_act(p)  # before any bomb: the fault goes off while inspecting a token
+    return p
+
+
+def _pick_act(p):
+    front_end_sets(p, picked=2)
+
+
 CASES = {
     "hook_picker_prompt": (lambda b: HookPicker(b, CLEAN, hooks=["blocks.1.hook_resid_post"]), _picker_act,
                            lambda p: (p.prompt, p.cached, {k: v.sum().item() for k, v in p.cache.items()}),
@@ -108,6 +134,9 @@ CASES = {
     "patching_attribution": (_patching, _attribution_act,
                              lambda p: (p.attribution_meta.get("source"), _grid(p, "attribution")),
                              lambda p: p.attribution_result is None),
+    "generation_run": (_generation, _generate_act, lambda p: (p.generated, p.finish),
+                       lambda p: p.finish == "error"),
+    "generation_pick": (_generated, _pick_act, lambda p: p.step_view["lens"], lambda p: p.step_view == {}),
 }
 
 
@@ -141,7 +170,7 @@ def test_panel_actions_survive_faults(demo, comm, panel_refs, case, fault, frac)
     p = make(demo)
     hooks_before, state_before = hook_state(demo.model), model_state(demo)
     at = 1 + round(frac * (n - 1))
-    threaded = case in ("patching_sweep", "patching_attribution")
+    threaded = case in ("patching_sweep", "patching_attribution", "generation_run")
     with Bomb(at, FAULTS[fault]):
         if fault == "interrupt" and not threaded:  # a Ctrl-C reaches the kernel: it propagates
             with pytest.raises(KeyboardInterrupt):
@@ -164,6 +193,9 @@ def test_panel_actions_survive_faults(demo, comm, panel_refs, case, fault, frac)
         act(p)
     elif case == "patching_attribution":  # the box stayed ticked: untick, tick again
         front_end_sets(p, attribution=False)
+        act(p)
+    elif case == "generation_pick":  # the same token again
+        front_end_sets(p, picked=-1)
         act(p)
     else:
         act(p)

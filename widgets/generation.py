@@ -149,6 +149,9 @@ class GenerationPanel(Panel):
                     self.finish = "end of text"
                     return
             self.finish = "length"
+        except BaseException:
+            self.finish = "error"  # the tokens so far are shown as cut short, never as complete
+            raise
         finally:
             stream.close()
 
