@@ -197,7 +197,8 @@ def test_to_circuitsvis_writes_the_tokens(comm, tiny, tmp_path, monkeypatch):
     p = AttentionPanel(tiny, PROMPT, layer=1)
     path = p.to_circuitsvis(tmp_path / "cv.html")
     page = path.read_text()
-    assert '"tokens": ["\\u003cbos>", "t", "h", "e", " ", "c", "a", "t"' in page  # "<" made inert
+    # circuitsvis sets each token as HTML: markup is escaped (then "<" inside its script made inert)
+    assert '"tokens": ["&lt;bos&gt;", "t", "h", "e", " ", "c", "a", "t"' in page
     assert "AttentionPatterns" in page and "unpkg.com" not in page  # circuitsvis's script inlined
     monkeypatch.chdir(tmp_path)
     front_end_sends(p, {"type": "action", "name": "circuitsvis"})

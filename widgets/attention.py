@@ -22,6 +22,8 @@ panel.fetch({"kind": "head", "layer": L, "head": h})[1])``. Token strings travel
 from __future__ import annotations
 
 import contextlib
+import html
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -203,13 +205,15 @@ class AttentionPanel(Panel):
     def to_circuitsvis(self, path: str | Path | None = None) -> Path:
         """Write circuitsvis's attention view of the current layer (all heads) to ``path``
         (default ``attention_L{layer}_circuitsvis.html`` in the working directory, i.e. next to
-        the notebook) and return the path. The page inlines circuitsvis's own script (no CDN)."""
+        the notebook) and return the path. The page inlines circuitsvis's own script (no CDN).
+        circuitsvis sets each token as HTML, so the tokens are escaped first (:func:`_cv_token`)."""
         try:
             from circuitsvis.attention import attention_patterns as cv_attention
         except ImportError as err:
             raise ImportError("to_circuitsvis needs circuitsvis: pip install circuitsvis") from err
         patterns = self._patterns(self.layer)
-        rendered = cv_attention(tokens=patterns.str_tokens, attention=patterns.pattern[0])
+        rendered = cv_attention(tokens=[_cv_token(t) for t in patterns.str_tokens],
+                                attention=patterns.pattern[0])
         path = Path(path) if path is not None else Path(f"attention_L{self.layer}_circuitsvis.html")
         title = f"attention L{self.layer} (circuitsvis)"
         path.write_text(f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
@@ -221,6 +225,20 @@ class AttentionPanel(Panel):
     def _action_circuitsvis(self) -> None:
         path = self.to_circuitsvis()
         self.notice = f"wrote {path}"
+
+
+# shown as "⟨U+202E⟩", as the panels show them (js/common.js tokenText): invisible characters and
+# those that change the text's direction
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f"
+                        "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]")
+
+
+def _cv_token(token: str) -> str:
+    """A token for circuitsvis, which puts each token into its page as HTML (a button's
+    innerHTML): markup escaped, so a token ``<img src=x onerror=...>`` is text there, and
+    invisible or direction-changing characters shown as in the panels."""
+    visible = _INVISIBLE.sub(lambda m: f"\u27e8U+{ord(m.group()):04X}\u27e9", token)
+    return html.escape(visible, quote=False)
 
 
 def _inert_props(page: str) -> str:

@@ -25,9 +25,16 @@ function h(tag, props = {}, ...children) {
   return el;
 }
 
-/** A token as visible text: newlines and tabs get a glyph, spaces stay (CSS white-space: pre). */
+/** Characters that are invisible or change the text's direction: other control characters, the
+ * soft hyphen, bidi controls (LRM/RLM/ALM, LRE..RLO, LRI..PDI), zero-width and other format
+ * characters, line/paragraph separators, the BOM. */
+const INVISIBLE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]/g;
+
+/** A token as visible text: newlines and tabs get a glyph, spaces stay (CSS white-space: pre),
+ * and INVISIBLE characters show as "⟨U+202E⟩" (they can neither hide nor reorder the text). */
 function tokenText(t) {
-  return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d");
+  return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d")
+    .replace(INVISIBLE, (c) => "\u27e8U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e9");
 }
 
 // -- binary buffers --------------------------------------------------------------------------
@@ -326,7 +333,7 @@ function frame(model, el, title, { png } = {}) {
     try {
       const blob = await pngBlob();
       if (save) download(blob, title.replace(/\W+/g, "_") + ".png");
-      if (!isStatic) model.send({ type: "png" }, [await blob.arrayBuffer()]);
+      if (!isStatic) model.send({ type: "png" }, undefined, [await blob.arrayBuffer()]); // (content, callbacks, buffers)
     } catch (e) { showLocalError(e); }
   };
   const showLocalError = (e) => {

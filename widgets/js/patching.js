@@ -53,7 +53,7 @@ function render({ model, el }) {
   answer.setAttribute("list", listId); wrong.setAttribute("list", listId);
   const syncSuggestions = () => {
     const seen = [...new Set([...(model.get("clean_tokens") || []), ...(model.get("corrupted_tokens") || [])])];
-    suggestions.replaceChildren(...seen.map((t) => h("option", { value: t }, JSON.stringify(t))));
+    suggestions.replaceChildren(...seen.map((t) => h("option", { value: t }, JSON.stringify(tokenText(t)))));
   };
   on(["clean_tokens", "corrupted_tokens"], syncSuggestions);
   const metric = selectInput("metric", () => Object.entries(model.get("metric_options") || {}));
