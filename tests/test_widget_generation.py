@@ -64,6 +64,7 @@ def test_click_shows_the_step_that_chose_the_token(demo, comm):
     prefix = p.sequence[:, :p.sequence.shape[1] - len(out) + 1]  # what the step saw
     lens = logit_lens(demo, prefix, sites="resid_post", positions=[prefix.shape[1] - 1], k=5)
     assert view["index"] == 1 and view["token"] == out[1] and view["position"] == prefix.shape[1]
+    assert view["keys"] == demo.to_str_tokens(prefix[0]) and view["query"] == view["keys"][-1]
     assert [r["layer"] for r in view["lens"]] == list(range(demo.cfg.n_layers))
     assert [s for s, _ in view["lens"][-1]["top"]] == lens.top_strs[-1][0]
     assert view["lens"][-1]["top"][0][0] == out[1]  # the last layer's top-1 is the token chosen

@@ -16,9 +16,10 @@ def wb(comm, demo):
 
 
 def test_every_panel_is_built_on_the_prompt(wb, demo):
-    assert set(wb.panels) == {"hooks", "attention", "logit_lens", "composition", "patching"}
+    assert set(wb.panels) == {"hooks", "attention", "logit_lens", "composition", "patching", "generation"}
     assert all(p.selection is wb.selection for p in wb.panels.values())
-    assert [p.error for p in wb.panels.values()] == [""] * 5
+    assert [p.error for p in wb.panels.values()] == [""] * 6
+    assert wb.generation.prompt == CLEAN and wb.generation.generated == []  # it generates on request
     assert wb.selection.tokens == demo.to_str_tokens(CLEAN)
     assert wb.attention.tokens == wb.selection.tokens
     assert wb.logit_lens.result.str_tokens == wb.selection.tokens

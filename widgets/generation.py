@@ -43,7 +43,7 @@ class GenerationPanel(Panel):
 
     _esm = esm("generation.js")
     _title = "generation"
-    _linked = ("layer",)
+    _linked = ("prompt", "layer")
 
     prompt = Unicode("").tag(sync=True)
     max_new_tokens = Int(20).tag(sync=True)
@@ -72,8 +72,10 @@ class GenerationPanel(Panel):
         self._generation = 0
         self._view_lock = threading.RLock()
         self.sequence: torch.Tensor | None = None
-        super().__init__(bridge, selection=selection, prompt=prompt, max_new_tokens=max_new_tokens,
+        super().__init__(bridge, selection=selection, max_new_tokens=max_new_tokens,
                          n_layers=bridge.cfg.n_layers, **kwargs)
+        if prompt:
+            self.prompt = prompt  # after linking: the given prompt wins over the selection's
         self.observe(self._on_inputs, names=["prompt", "steer_layer", "steer_positive", "steer_negative",
                                              "steer_scale", "do_sample", "temperature", "seed",
                                              "max_new_tokens"])
@@ -198,7 +200,8 @@ class GenerationPanel(Panel):
                     for r, layer in enumerate(lens.layers)]
             token = self.generated[index]
             self.step_view = {"index": index, "token": token, "position": seq.shape[1],
-                              "query": lens.str_tokens[-1], "keys": lens.str_tokens, "lens": rows,
+                              "query": lens.str_tokens[-1], "keys": self.bridge.to_str_tokens(seq[0]),
+                              "lens": rows,
                               "layer": self.layer, "n_heads": self.bridge.cfg.n_heads,
                               "run": self._generation}
 

@@ -17,19 +17,21 @@ from traitlets import link
 from ._selection import Selection
 from .attention import AttentionPanel
 from .composition import CompositionPanel
+from .generation import GenerationPanel
 from .hook_picker import HookPicker
 from .logit_lens import LogitLensPanel
 from .patching import PatchingPanel
 
-PANELS = ("hooks", "attention", "logit_lens", "composition", "patching")
-LOGIT_PANELS = ("logit_lens", "patching")  # left out on encoders, which have no logits
+PANELS = ("hooks", "attention", "logit_lens", "composition", "patching", "generation")
+LOGIT_PANELS = ("logit_lens", "patching", "generation")  # left out on encoders, which have no logits
 
 
 class Workbench(w.VBox):
     """All panels over one bridge and one prompt. ``panels`` picks which (and their order) from
-    ``"hooks"``, ``"attention"``, ``"logit_lens"``, ``"composition"``, ``"patching"``; each is
-    also an attribute (``wb.attention``, ...). ``selection`` is the shared state. On an encoder
-    (no logits) the logit lens and patching panels are left out."""
+    ``"hooks"``, ``"attention"``, ``"logit_lens"``, ``"composition"``, ``"patching"``,
+    ``"generation"``; each is also an attribute (``wb.attention``, ...). ``selection`` is the
+    shared state. On an encoder (no logits) the logit lens, patching and generation panels are
+    left out."""
 
     def __init__(self, bridge: Any, prompt: str = "", *, corrupted: str = "", answer: str | None = None,
                  wrong: str | None = None, panels: tuple[str, ...] = PANELS) -> None:
@@ -45,6 +47,7 @@ class Workbench(w.VBox):
             "composition": lambda: CompositionPanel(bridge, prompt, selection=sel),
             "patching": lambda: PatchingPanel(bridge, prompt, corrupted=corrupted, answer=answer,
                                               wrong=wrong, selection=sel),
+            "generation": lambda: GenerationPanel(bridge, prompt, selection=sel),
         }
         if getattr(bridge.adapter, "encoder", False):  # no logits: no lens, no patching metric
             panels = tuple(p for p in panels if p not in LOGIT_PANELS)

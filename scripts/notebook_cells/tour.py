@@ -158,6 +158,26 @@ CELLS = [
         cell.to_dataframe().head(6)
     """),
     md("""
+        ### Generation
+
+        Generate from the prompt with the tokens streamed as they come (greedy, or sampled with a
+        temperature), steer with a direction added to a layer's residual stream (prompts to steer
+        towards and away from, separated by `|`, and a scale slider), and click a generated token
+        to see the step that chose it: each layer's logit lens at that position and its attention
+        over the sequence so far. From Python: `generate()` starts it, `wait()` joins it,
+        `pick(i)` is the click.
+    """),
+    code("""
+        gen = wb.generation
+        gen.max_new_tokens = 4
+        gen.generate()
+        print(gen.wait(timeout=60), gen.finish)
+        gen.pick(0)  # why this token? the last layer's top candidates at the step that chose it
+        print([token for token, p in gen.step_view['lens'][-1]['top']])
+        assert gen.step_view['lens'][-1]['top'][0][0] == gen.generated[0] == ' Nora'
+        assert gen.error == ''
+    """),
+    md("""
         ## The bridge underneath
 
         Everything a panel shows is a plain function of `workbench`, usable from a script. The rest

@@ -114,10 +114,14 @@ CELLS = [
     "    for name, p in wb.panels.items():\n"
     "        p.add_class(f'inj-{prefix}-{name}')",
     f"demo = Workbench(bridge, prompt={DEMO_CLEAN!r}, corrupted={DEMO_CORRUPTED!r}, answer='<', wrong='>')\n"
-    "tag(demo, 'demo')\ndemo.patching.wait(timeout=120)\ndemo",
+    "tag(demo, 'demo')\ndemo.patching.wait(timeout=120)\n"
+    "demo.generation.max_new_tokens = 4\ndemo.generation.generate()\ndemo.generation.wait(120)\n"
+    "demo.generation.pick(0)\ndemo",
     f"evil = Workbench(hostile, prompt={EVIL_CLEAN!r}, corrupted={EVIL_CORRUPTED!r},\n"
     "                answer=WORDS[0], wrong=WORDS[2])\n"
     "tag(evil, 'evil')\nevil.patching.wait(timeout=120)\n"
+    "evil.generation.max_new_tokens = 6\nevil.generation.generate()\nevil.generation.wait(120)\n"
+    "evil.generation.pick(0)\n"
     "evil.hooks.hooks = [WORDS[0]]  # not a hook: the error message quotes it\nevil",
     f"lens = LogitLensPanel(hostile, {EVIL_CLEAN!r}, target=WORDS[3], k=8)\n"
     "lens.add_class('inj-evil-lens')\nlens",
@@ -131,13 +135,13 @@ CELLS = [
     "    demo.attention.to_circuitsvis('export-demo-circuitsvis.html')\n"
     "    evil.attention.to_circuitsvis('export-evil-circuitsvis.html')",
 ]
-KINDS = ("hooks", "attention", "logit_lens", "composition", "patching")
+KINDS = ("hooks", "attention", "logit_lens", "composition", "patching", "generation")
 PANELS = [f"{w}-{k}" for w in ("demo", "evil") for k in KINDS] + ["evil-lens"]
 PNG_PANELS = [p for p in PANELS if not p.endswith("hooks")]
 
 # the elements the panels build (common.js h() and the panel files); anything else is injected
 BUILT = ["div", "span", "button", "canvas", "input", "select", "option", "label", "details", "summary",
-         "pre", "textarea", "datalist", "progress"]
+         "pre", "textarea", "datalist", "progress", "table", "tbody", "tr", "td"]
 SCAN = """([root, built, invisible]) => {
   const ok = new Set(built), re = new RegExp(invisible), out = [];
   for (const top of document.querySelectorAll(root)) {
@@ -274,6 +278,16 @@ def _payload_text(pg, name: str) -> None:
         answer, wrong = ("<", ">") if wb == "demo" else (WORDS[0], WORDS[2])
         expect(p.get_by_placeholder(re.compile("answer token"))).to_have_value(answer)
         expect(p.get_by_placeholder(re.compile("wrong token"))).to_have_value(wrong)
+    elif kind == "generation":  # the prompt's tokens, then the generated ones; a step's lens
+        prompt_toks = texts(p.locator(".wb-gen-prompt-tok"))
+        if wb == "evil":
+            assert prompt_toks == [shown(t) for t in EVIL_TOKENS]
+        else:
+            assert all(d in "".join(prompt_toks) for d in ASCII_DEMO)
+        expect(p.locator(".wb-gen-tok")).not_to_have_count(0)
+        expect(p.locator(".wb-gen-lens-table tr")).not_to_have_count(0)
+        prompt = p.get_by_placeholder("prompt", exact=True)
+        expect(prompt).to_have_value(DEMO_CLEAN if wb == "demo" else EVIL_CLEAN)
     elif kind == "hooks":
         prompt = p.get_by_placeholder("prompt", exact=True)
         expect(prompt).to_have_value(DEMO_CLEAN if wb == "demo" else EVIL_CLEAN)

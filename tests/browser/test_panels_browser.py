@@ -123,6 +123,45 @@ def test_fifty_rapid_clicks_end_on_the_last(page):
     expect(p.locator(".wb-error")).to_be_hidden()
 
 
+TOWARDS = ("When Mary and John went to the store, John gave a drink to | "
+           "Then Mary and John walked home, and John gave a gift to")
+AWAY = ("When John and Mary went to the store, Mary gave a drink to | "
+        "Then John and Mary walked home, and Mary gave a gift to")
+
+
+def test_generation_streams_explains_a_token_and_steers(page):
+    p = panel(page, "generation")
+    n = p.locator(".wb-gen-n")
+    n.fill("5")
+    n.press("Enter")
+    p.get_by_role("button", name="generate", exact=True).click()
+    expect(p.locator(".wb-gen-finish")).to_contain_text("stopped: end of text", timeout=T)
+    toks = p.locator(".wb-gen-tok")
+    expect(toks).to_have_text([" Nora", ".", "<|endoftext|>"])  # streamed: the demo's IOI answer
+    toks.first.click()  # why ' Nora'? the step's logit lens and attention
+    expect(p.locator(".wb-gen-step-head")).to_contain_text("token 0: ' Nora'", timeout=T)
+    rows = p.locator(".wb-gen-lens-table tr")
+    expect(rows).to_have_count(5)  # one per layer
+    expect(rows.last.locator(".wb-gen-cand.wb-on")).to_contain_text("Nora")  # the last layer chose it
+    expect(p.locator(".wb-gen-attn canvas")).to_be_visible(timeout=T)
+    # steer towards ' Mary': layer 4, two prompt sets, the slider at 4
+    p.locator(".wb-gen-steer-layer").select_option("4")
+    for cls, text in ((".wb-gen-pos", TOWARDS), (".wb-gen-neg", AWAY)):
+        box = p.locator(cls)
+        box.fill(text)
+        box.press("Enter")
+    p.locator(".wb-gen-scale").evaluate("(el) => { el.value = '4'; el.dispatchEvent(new Event('change')); }")
+    expect(p.locator(".wb-code")).to_contain_text("scale=4.0", timeout=T)  # Python has the setting
+    p.get_by_role("button", name="generate", exact=True).click()
+    expect(p.locator(".wb-gen-finish")).to_contain_text("5 new tokens · stopped: length", timeout=T)
+    expect(toks.first).to_have_text(" Mary")
+    toks.first.click()  # the steered step: the last layer now puts ' Mary' first
+    expect(p.locator(".wb-gen-step-head")).to_contain_text("token 0: ' Mary'", timeout=T)
+    expect(rows.last.locator(".wb-gen-cand").first).to_contain_text("Mary")
+    expect(p.locator(".wb-error")).to_be_hidden()
+    shoot(p, "generation")
+
+
 def test_markup_tokens_stay_text(page):
     p = panel(page, "markup")
     strip = p.locator(".wb-tok")
