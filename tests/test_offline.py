@@ -84,6 +84,12 @@ def test_every_panel_and_analysis_without_network(no_network, comm, tmp_path):
     wb.patching.wait(timeout=120)
     front_end_sets(wb.patching, attribution=True)
     wb.patching.wait(timeout=120)
+    front_end_sets(wb.generation, max_new_tokens=4, steer_layer=2, steer_positive="Mary",
+                   steer_negative="John", steer_scale=1.0)
+    front_end_sends(wb.generation, {"type": "action", "name": "generate", "args": {}})
+    wb.generation.wait(timeout=120)
+    front_end_sets(wb.generation, picked=0)
+    reply(wb.generation, {"kind": "step_attention", "index": 0, "layer": 1})
     for name, panel in wb.panels.items():
         panel.to_html(tmp_path / f"{name}.html")
         front_end_sends(panel, {"type": "export_html"})
@@ -91,6 +97,7 @@ def test_every_panel_and_analysis_without_network(no_network, comm, tmp_path):
     wb.attention.to_circuitsvis(tmp_path / "cv.html")
     assert [p.error for p in wb.panels.values()] == [""] * len(wb.panels)
     assert not wb.patching.result.partial and wb.patching.attribution_result is not None
+    assert wb.generation.step_view["index"] == 0 and len(wb.generation.generated) >= 1
     assert wb.hooks.cache is not None and wb.patching.cell["label"].startswith("resid_pre L1 @ 10")
     assert no_network == [], f"the library tried the network: {no_network}"
     wb.close()
