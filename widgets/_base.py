@@ -69,6 +69,7 @@ def guarded(status: str) -> Callable:
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(self: Panel, *args: Any, **kwargs: Any) -> Any:
+            self._check_open()  # raised, not shown: a closed panel shows nothing
             try:
                 with self.working(status):
                     return fn(self, *args, **kwargs)
@@ -99,6 +100,7 @@ class Panel(anywidget.AnyWidget):
     # seconds a panel waits for the model while a background job (a patching sweep, or the
     # patching panel's attribution estimate, usually a second or two) holds it, before refusing
     model_wait_s: ClassVar[float] = 10.0
+    _closed = False  # set by close()
 
     error = Unicode("").tag(sync=True)
     error_detail = Unicode("").tag(sync=True)
@@ -126,6 +128,15 @@ class Panel(anywidget.AnyWidget):
             link.unlink()
         self._links = []
         super().close()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        """A ValueError once the panel is closed (its work would reach no view)."""
+        if self._closed:
+            name = type(self).__name__
+            raise ValueError(f"This {name} was closed (panel.close()), so it no longer computes or "
+                             f"shows anything; got a call on it anyway. Create a new panel: "
+                             f"{name}(bridge, prompt).")
 
     # -- errors and busy state --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -188,6 +199,7 @@ class Panel(anywidget.AnyWidget):
 
     def fetch(self, request: dict) -> tuple[dict, list[bytes]]:
         """Answer a front-end data request ``{"kind": ..., **args}``: ``(meta, buffers)``."""
+        self._check_open()
         args = {k: v for k, v in request.items() if k not in ("id", "type", "kind")}
         method = getattr(self, f"_fetch_{request.get('kind')}", None)
         if method is None:

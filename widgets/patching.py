@@ -169,11 +169,15 @@ class PatchingPanel(Panel):
         if not clean or not corrupted or self.alignment:
             return
         self._problem = "The site, direction or alignment is not valid: see the error above."
-        if self.direction not in ("denoise", "noise"):
-            raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted "
-                             f"into clean); got {self.direction!r}.")
-        spec = resolve_site(self.bridge, self.site, self.index or None)
-        pairs = align_positions(clean, corrupted, positions_arg(self.positions), spec)
+        try:  # a run or click repeats this problem (the error area shows the latest error)
+            if self.direction not in ("denoise", "noise"):
+                raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise' "
+                                 f"(corrupted into clean); got {self.direction!r}.")
+            spec = resolve_site(self.bridge, self.site, self.index or None)
+            pairs = align_positions(clean, corrupted, positions_arg(self.positions), spec)
+        except InputError as exc:
+            self._problem = str(exc)
+            raise
         self._layout = make_layout(self.bridge, spec, clean, corrupted, pairs)
         self._grids.reset(self._layout)
         self._sync_grids()
@@ -251,6 +255,7 @@ class PatchingPanel(Panel):
         return self.result
 
     def _start(self, exact: bool) -> None:
+        self._check_open()
         if self._job.running:
             raise InputError("A sweep is already running: cancel it (or wait for it) first.")
         layout, metric = self._ready()
@@ -321,6 +326,7 @@ class PatchingPanel(Panel):
         """Patch one cell alone: a grid cell ``(row, col)``, or ``layer`` with ``position`` and/or
         ``head``. Sets ``cell`` (and ``last_cell``), fills the cell in a grid not swept yet, and
         moves the selection's layer / position / head. Synchronous (~ms after the first click)."""
+        self._check_open()
         layout, metric = self._ready()
         if row is not None or col is not None:
             where = layout.cell(row, col)

@@ -10,10 +10,10 @@ function named by ``config._attn_implementation`` with ``query [batch, n_heads, 
   (post-rotary, ``[batch, pos, heads, d_head]``), ``hook_attn_scores`` (pre-softmax, masked
   entries ``-inf``, ``[batch, n_heads, q_pos, k_pos]``), ``hook_pattern`` (post-softmax) and
   ``hook_z`` (``[batch, pos, n_heads, d_head]``), each readable and writable, numerically equal
-  to HF's eager path. On a step with a key-value cache (generation) the keys reach the function
-  with the cached positions in front: ``hook_k`` / ``hook_v`` then show only the new positions,
-  and a write to them is stored in the cache; ``hook_attn_scores`` / ``hook_pattern`` are
-  ``[batch, n_heads, new_pos, all_pos]``.
+  to HF's eager path. In ``bridge.generate`` (inside :func:`kv_write_back`) the keys reach the
+  function with the cached positions in front: ``hook_k`` / ``hook_v`` then show only the new
+  positions, and a write to them is stored in the cache; ``hook_attn_scores`` /
+  ``hook_pattern`` are ``[batch, n_heads, new_pos, all_pos]``.
 
 Masks are built by HF's SDPA mask builder (a boolean ``[batch, 1, q, k]`` mask, True = attend, or
 None for a plain causal run), registered under the same name.
@@ -175,7 +175,10 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
         if new is not shown or site.q.bwd:
             query = (new * site.q_prescale).transpose(1, 2)
     q_len = query.shape[2]
-    if key.shape[2] > q_len or _KV.write_back:  # with a key-value cache: K/V hooks see the new positions
+    # generation (bridge.generate) with a key-value cache: K/V hooks see the new positions only,
+    # and writes go into the cache. Elsewhere (e.g. the patch engine's reused prefixes) they see
+    # every key position, as the keys arrive.
+    if _KV.write_back:
         shown_groups = groups if site.ungroup_kv else 1
         for point, x in ((site.k, key), (site.v, value)):
             if point.active:

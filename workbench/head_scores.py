@@ -63,6 +63,12 @@ def _first(pat: torch.Tensor) -> torch.Tensor:
 def repeated_random_tokens(bridge, n: int = 50, batch: int = 8, seed: int = 0) -> torch.Tensor:
     """``[batch, 1 + 2n]``: BOS, then ``n`` tokens drawn uniformly from the non-special vocabulary,
     then the same ``n`` tokens again."""
+    most = (bridge.cfg.n_ctx - 1) // 2  # BOS + 2n tokens fit the context
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+        raise InputError(f"n (tokens repeated) must be an int in [1, {most}], so that BOS + 2n tokens "
+                         f"fit this model's context of {bridge.cfg.n_ctx}; got {n!r}.")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch (random sequences) must be a positive int; got {batch!r}.")
     gen = torch.Generator().manual_seed(seed)
     special = set(getattr(bridge.tokenizer, "all_special_ids", []) or [])
     pool = torch.tensor([i for i in range(bridge.cfg.d_vocab) if i not in special])

@@ -8,7 +8,9 @@ tap (``module._forward_hooks`` is empty again).
 
 Hook functions have the TransformerLens signature ``fn(tensor, hook) -> tensor | None``; ``hook``
 is the ``HookPoint`` (``hook.name``, ``hook.layer()``, ``hook.ctx``). Returning a tensor replaces
-the activation; it must have the same shape.
+the activation; it must have the same shape (another dtype or device is converted to the
+activation's). Values are not checked here (NaN and inf flow on, as in PyTorch); the logit lens
+and patching analyses refuse non-finite results and name the hooks attached.
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ class HookPoint:
             raise HookShapeError(
                 f"A hook function on {self.name!r} returned shape {tuple(result.shape)}; expected "
                 f"{tuple(like.shape)} (the shape it received). Return a tensor of the same shape."
+            )
+        if result.is_meta and not like.is_meta:
+            raise HookShapeError(
+                f"A hook function on {self.name!r} returned a tensor on the meta device, which has no "
+                f"values; expected one on {like.device}. Return the (modified) tensor it received."
             )
         if result.dtype != like.dtype or result.device != like.device:
             result = result.to(device=like.device, dtype=like.dtype)

@@ -9,13 +9,14 @@ statistics are kept, never the full ``[rows, pos, d_vocab]`` logits.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import InputError
-from .results import check_layers, dataframe, decode, encode_input, need_logits, token_ids
+from .results import check_layers, dataframe, decode, encode_input, need_logits, non_finite_error, token_ids
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -99,6 +100,14 @@ def logit_lens(bridge: Bridge, input: Any, *, sites: str | tuple[str, ...] = "re
         raise InputError(f"logit_lens reads one prompt; got a batch of {enc.tokens.shape[0]}. "
                          "Pass a single string (or tokens[i:i+1]).")
     n_pos = enc.tokens.shape[1]
+    try:
+        positions = None if positions is None else [operator.index(p) for p in positions]
+    except TypeError:
+        raise InputError(f"positions must be a list of ints (token positions); got {positions!r}.") from None
+    bad = [p for p in positions or () if not -n_pos <= p < n_pos]
+    if bad:
+        raise InputError(f"positions {bad} do not exist: the prompt has {n_pos} tokens, so positions are "
+                         f"0..{n_pos - 1} (or -{n_pos}..-1 from the end). Leave positions=None for all.")
     positions = list(range(n_pos)) if positions is None else [p % n_pos for p in positions]
     if not 1 <= k <= bridge.cfg.d_vocab:
         raise InputError(f"k must be in [1, d_vocab={bridge.cfg.d_vocab}]; got {k}.")
@@ -122,6 +131,9 @@ def logit_lens(bridge: Bridge, input: Any, *, sites: str | tuple[str, ...] = "re
             t_lp.append(lp)
             t_prob.append(lp.exp())
             t_rank.append((logp > lp[:, None]).sum(-1))
+    if not bool(torch.isfinite(torch.stack(ents)).all()):  # a hook wrote NaN or inf: say where
+        first = next((n for n, _, _ in names if not bool(torch.isfinite(cache[n]).all())), None)
+        raise non_finite_error(bridge, "The logit lens", first)
     top_tokens = torch.stack(tops).cpu()
     str_tokens = decode(bridge, enc.tokens[0].tolist())
     return LogitLens(

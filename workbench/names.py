@@ -19,6 +19,7 @@ way ``cache["pattern", 0]`` does.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from dataclasses import dataclass
 
@@ -119,11 +120,17 @@ def act_name(name: str, layer: int | None = None, layer_type: str | None = None,
     if name.startswith(("blocks.", "hook_", "ln_final.", "embed_ln.")):
         return name
     name = _ALIASES.get(name, name)
+    try:
+        layer = None if layer is None else operator.index(layer)  # an int, numpy int or int tensor
+    except TypeError:
+        raise HookNameError(f"The layer of {name!r} must be an int (e.g. ({name!r}, 0)); "
+                            f"got {layer!r}.") from None
+    if layer is not None and n_layers is not None and not -n_layers <= layer < n_layers:
+        raise HookNameError(f"Layer {layer} out of range for a model with {n_layers} layers: use "
+                            f"0..{n_layers - 1}, or -{n_layers}..-1 from the end.")
     if layer is not None and layer < 0:
         if n_layers is None:
             raise HookNameError(f"Negative layer {layer} for {name!r} needs the number of layers.")
-        if layer < -n_layers:
-            raise HookNameError(f"Layer {layer} out of range for a model with {n_layers} layers.")
         layer += n_layers
     if name in ("embed", "pos_embed"):
         return f"hook_{name}"

@@ -33,7 +33,8 @@ class HookRegistry:
     def point(self, name: str) -> HookPoint:
         """The hook point called ``name``, or an error naming the closest valid names."""
         if not isinstance(name, str):
-            raise HookNameError(f"Hook names are strings; got {type(name).__name__}.")
+            raise HookNameError(f"Hook names are strings such as 'blocks.0.hook_resid_pre'; got "
+                                f"{type(name).__name__} {name!r}. See bridge.hook_names().")
         p = self.points.get(name)
         if p is None:
             raise unknown_name_error(name, list(self.points), self._why_absent(name))

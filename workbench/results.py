@@ -69,6 +69,18 @@ def token_ids(bridge: Bridge, tokens: Any, batch: int, what: str) -> torch.Tenso
     return torch.tensor(ids, device=bridge.cfg.device)
 
 
+def non_finite_error(bridge: Bridge, what: str, site: str | None = None) -> InputError:
+    """The error for an analysis whose numbers came out NaN or inf: it names the hook points with
+    functions attached (the usual cause) and ``site``, where the residual stream first went bad."""
+    hooks = sorted({h.name for h in bridge.attached_hooks()})
+    where = f" (the residual stream is non-finite from {site!r} on)" if site else ""
+    cause = (f"Hook functions are attached at {', '.join(hooks)}: one of them returned NaN or inf. "
+             "Make it return finite values, or remove it (bridge.reset_hooks())." if hooks else
+             "No hook function is attached: check the model's weights, and its dtype (float16 "
+             "overflows past 65504; load it in float32 or bfloat16).")
+    return InputError(f"{what} came out NaN or inf{where}. {cause}")
+
+
 def decode(bridge: Bridge, ids: list[int]) -> list[str]:
     """One string per token id (the id itself, as a string, when the bridge has no tokenizer)."""
     if bridge.tokenizer is None:

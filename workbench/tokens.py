@@ -68,7 +68,8 @@ def encode(tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool | None,
         raise InputError("Got an empty list of prompts; expected at least one string.")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise InputError(f"Prompt {i} is a {type(t).__name__}; expected str.")
+            raise InputError(f"Prompt {i} is a {type(t).__name__} ({t!r:.40}); expected str. Pass token "
+                             "ids as an integer tensor instead: torch.tensor([ids]).")
         if t == "":
             raise InputError(
                 f"Prompt {i} is the empty string; expected some text. To run on the BOS token "
