@@ -220,7 +220,8 @@ def test_the_same_steering_in_runs_and_patches(demo, mary_direction):
     metric = logit_diff(demo, " Mary", " John")
     with demo.hooks(fwd_hooks=[hook]):  # every run of the patch is steered
         cell = patch_cell(demo, OTHER, OTHER, site="resid_pre", layer=2, position=5, metric=metric)
-    steered = demo.run_with_hooks(OTHER, fwd_hooks=[hook])
+    with torch.no_grad():
+        steered = demo.run_with_hooks(OTHER, fwd_hooks=[hook])
     mary, john = demo.to_single_token(" Mary"), demo.to_single_token(" John")
     want = float(steered[0, -1, mary] - steered[0, -1, john])
     assert cell.value == pytest.approx(want, abs=1e-4) and cell.clean_value == pytest.approx(want, abs=1e-4)

@@ -88,8 +88,9 @@ class Workbench(w.VBox):
 
     def close(self) -> None:
         """Close every panel (a running sweep is cancelled) and the Workbench itself."""
-        for panel in self.panels.values():
+        for panel in getattr(self, "panels", {}).values():  # (also from __del__ of a failed __init__)
             panel.close()
-        for child in (*self.children[0].children, self.children[0]):
+        header = self.children[0] if getattr(self, "children", ()) else None
+        for child in (*header.children, header) if header is not None else ():
             child.close()
         super().close()
