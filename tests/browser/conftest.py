@@ -19,7 +19,7 @@ from . import harness
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
 PROOF = harness.PROOF
-KERNEL_IDLE = re.compile(r"^Python 3 \(ipykernel\) \| Idle$")
+KERNEL_IDLE = re.compile(harness.KERNEL_IDLE_TEXT)
 CLEAN = "When Nora and Felix went to the garden, Felix gave a drink to"
 CORRUPTED = "When Nora and Felix went to the garden, Nora gave a drink to"
 MARKUP = 'Mary said <img src=x onerror=alert(1)> and </script><b>bold</b> to'
@@ -62,32 +62,13 @@ def page(lab):
     """The notebook, opened in Chromium and run to the end; ``page.errors`` collects console
     errors, uncaught exceptions and any dialog (an ``alert`` from injected markup would land
     there)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     PROOF.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                           "--no-first-run", "--disable-background-networking"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=harness.CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 2400})
-        pg.errors = []
-        pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-
-        def dialog(d):
-            pg.errors.append(f"dialog: {d.message}")
-            d.dismiss()
-        pg.on("dialog", dialog)
-        pg.add_locator_handler(pg.locator(".jp-Dialog").filter(has_text="Select Kernel"),
-                               lambda d: d.get_by_role("button", name="Select Kernel").click())
-        pg.goto(lab.notebook_url("panels.ipynb"), timeout=60_000)
-        status = pg.locator("#jp-main-statusbar").get_by_text(KERNEL_IDLE)
-        expect(status).to_be_visible(timeout=90_000)
-        pg.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        pg.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        expect(pg.locator(".jp-CodeCell .jp-InputArea-prompt")).to_have_text(["[1]:", "[2]:", "[3]:", "[4]:"],
-                                                                           timeout=180_000)
-        expect(pg.locator(".wb-panel")).to_have_count(len(PANELS), timeout=60_000)
-        expect(status).to_be_visible(timeout=120_000)
+        harness.watch(pg)
+        harness.open_and_run(pg, lab, "panels.ipynb", len(CELLS), len(PANELS))
         yield pg
         browser.close()

@@ -109,6 +109,44 @@ def stop(lab: Lab) -> None:
 
 
 # -- page helpers ------------------------------------------------------------------------------------
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking"]
+KERNEL_IDLE_TEXT = r"^Python 3 \(ipykernel\) \| Idle$"
+
+
+def watch(page) -> None:
+    """Collect console errors, uncaught exceptions and any dialog (dismissed; an ``alert`` from
+    injected markup would land there) in ``page.errors``."""
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(f"pageerror: {e}"))
+
+    def dialog(d):
+        page.errors.append(f"dialog: {d.message}")
+        d.dismiss()
+    page.on("dialog", dialog)
+
+
+def open_and_run(page, lab: Lab, name: str, n_cells: int, n_panels: int) -> None:
+    """Open notebook ``name`` of ``lab`` in ``page``, run all its cells as a user would (the
+    Run menu) and wait until ``n_cells`` have run, ``n_panels`` panels show and the kernel idles."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.add_locator_handler(page.locator(".jp-Dialog").filter(has_text="Select Kernel"),
+                             lambda d: d.get_by_role("button", name="Select Kernel").click())
+    page.goto(lab.notebook_url(name), timeout=60_000)
+    status = page.locator("#jp-main-statusbar").get_by_text(re.compile(KERNEL_IDLE_TEXT))
+    expect(status).to_be_visible(timeout=90_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    expect(page.locator(".jp-CodeCell .jp-InputPrompt")).to_have_text(
+        [f"[{i}]:" for i in range(1, n_cells + 1)], timeout=180_000)
+    expect(page.locator(".wb-panel")).to_have_count(n_panels, timeout=60_000)
+    expect(status).to_be_visible(timeout=120_000)
+
+
 def panel(page, name: str):
     return page.locator(".wb-panel").nth(PANELS.index(name))
 

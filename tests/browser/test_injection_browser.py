@@ -171,18 +171,6 @@ def nothing_ran(pg) -> None:
     assert not [e for e in pg.errors if e.startswith("dialog")], pg.errors
 
 
-def watch(pg) -> None:
-    """Collect console errors, page errors and dialogs (dismissed) in ``pg.errors``."""
-    pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-
-    def dialog(d):
-        pg.errors.append(f"dialog: {d.message}")
-        d.dismiss()
-    pg.on("dialog", dialog)
-
-
 def _stop_kernels(lab, name: str) -> None:
     """Shut down this notebook's kernel (the other browser tests share the server)."""
     url = f"{lab.url}/api/sessions?token={lab.token}"
@@ -202,23 +190,11 @@ def nb(lab):
     harness.write_notebook(lab.root / "injection.ipynb", CELLS)
     harness.PROOF.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                           "--no-first-run", "--disable-background-networking"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=harness.CHROMIUM_ARGS)
         try:
             pg = browser.new_context(viewport={"width": 1400, "height": 2400}).new_page()
-            watch(pg)
-            pg.add_locator_handler(pg.locator(".jp-Dialog").filter(has_text="Select Kernel"),
-                                   lambda d: d.get_by_role("button", name="Select Kernel").click())
-            pg.goto(lab.notebook_url("injection.ipynb"), timeout=60_000)
-            status = pg.locator("#jp-main-statusbar").get_by_text(KERNEL_IDLE)
-            expect(status).to_be_visible(timeout=90_000)
-            pg.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            pg.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            expect(pg.locator(".jp-CodeCell .jp-InputPrompt")).to_have_text(
-                [f"[{i}]:" for i in range(1, len(CELLS) + 1)], timeout=180_000)
-            expect(pg.locator(".wb-panel")).to_have_count(len(PANELS), timeout=60_000)
-            expect(status).to_be_visible(timeout=120_000)
+            harness.watch(pg)
+            harness.open_and_run(pg, lab, "injection.ipynb", len(CELLS), len(PANELS))
             yield pg
         finally:
             browser.close()
@@ -457,7 +433,7 @@ def test_html_exports_parse_to_the_template(exported):
 
 def open_static(nb, path):
     pg = nb.context.new_page()
-    watch(pg)
+    harness.watch(pg)
     pg.goto(path.as_uri())
     return pg
 
