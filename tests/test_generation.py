@@ -156,6 +156,9 @@ def test_stream_yields_tokens_as_they_come(demo):
     torch.testing.assert_close(torch.stack([s.logits[0] for s in steps]), ref[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="max_new_tokens"):  # checked at the call, not the first step
         demo.generate_stream(PROMPT, -1)
+    with pytest.raises(Exception, match="hook_resid_pree"):
+        demo.generate_stream(PROMPT, 3, fwd_hooks=[("blocks.0.hook_resid_pree", lambda x, hook: x)])
+    assert demo.attached_hooks() == []
 
 
 def test_return_cache_covers_the_generated_tokens(demo):

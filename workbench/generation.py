@@ -200,6 +200,8 @@ def _setup(bridge: Bridge, input: Any, max_new_tokens: int, **options: Any) -> d
     if opts.stop and bridge.tokenizer is None:
         raise InputError("stop strings are matched on decoded text: this bridge has no tokenizer. "
                          "Pass stop=None, or load the model with its tokenizer.")
+    with bridge.hooks(fwd_hooks=fwd_hooks):  # bad hook specs raise here, not at the first step
+        pass
     enc = bridge._encode_input(input, None, prepend_bos, "left")
     batch, prompt_pos = enc.tokens.shape
     n_ctx = bridge.cfg.n_ctx
@@ -235,7 +237,7 @@ def _loop(bridge: Bridge, run: dict[str, Any]) -> Iterator[GenerationStep]:
             out, _ = bridge._run_model(kwargs, None)
         past = out.past_key_values if opts.use_past_kv_cache else None
         logits = out.logits[:, -1, :].float()
-        new = next_tokens(logits, opts, run["generator"])
+        new = next_tokens(logits, opts, run["generator"]).to(tokens.device)  # (a last layer elsewhere)
         new = torch.where(done, torch.full_like(new, run["pad"]), new)
         live = ~done
         strs = decode_each(bridge.tokenizer, new.tolist()) if bridge.tokenizer is not None else [""] * batch
