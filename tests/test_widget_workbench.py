@@ -86,7 +86,8 @@ def test_other_panels_wait_for_a_running_sweep(wb):
     assert first.wait(60)
     wb.logit_lens.model_wait_s = 0.2  # panels wait a while for the model, then refuse
     front_end_sets(wb.logit_lens, sites=["resid_pre", "resid_post"])
-    assert "A patching sweep is running on this model (still after 0.2 s)" in wb.logit_lens.error
+    assert "busy with a background job, a patching sweep or a generation (still after 0.2 s)" in (
+        wb.logit_lens.error)
     go.set()
     assert wb.patching.wait(timeout=60) is not None
     front_end_sets(wb.logit_lens, error="", sites=["resid_mid"])

@@ -147,9 +147,9 @@ class Panel(anywidget.AnyWidget):
         exceptions propagate."""
         lock = model_lock(self._bridge) if self._bridge is not None and self._locks_model else None
         if lock is not None and not lock.acquire(timeout=self.model_wait_s):
-            raise RuntimeError(f"A patching sweep is running on this model (still after "
-                               f"{self.model_wait_s:g} s); wait for it or cancel it in the patching "
-                               "panel, then try again.")
+            raise RuntimeError(f"The model is busy with a background job, a patching sweep or a "
+                               f"generation (still after {self.model_wait_s:g} s); wait for it or cancel "
+                               "it in its panel, then try again.")
         outer = self.busy
         self.status = status
         self.busy = True
