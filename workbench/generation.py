@@ -35,6 +35,7 @@ import torch
 
 from .attention import kv_write_back
 from .errors import InputError
+from .hf_compat import cache_kwarg, output_cache
 from .results import need_logits
 from .tokens import decode_each, positions_from_mask
 
@@ -231,11 +232,11 @@ def _loop(bridge: Bridge, run: dict[str, Any]) -> Iterator[GenerationStep]:
                       "use_cache": opts.use_past_kv_cache}
         else:
             kwargs = {"input_ids": tokens[:, -1:], "attention_mask": mask,
-                      "position_ids": positions[:, -1:], "use_cache": True, "past_key_values": past}
+                      "position_ids": positions[:, -1:], "use_cache": True, cache_kwarg(bridge.model): past}
         # hooks and no-grad only around the pass: the caller's code between steps runs as usual
         with torch.no_grad(), bridge.hooks(fwd_hooks=run["hooks"]), _cache_writes(opts.use_past_kv_cache):
             out, _ = bridge._run_model(kwargs, None)
-        past = out.past_key_values if opts.use_past_kv_cache else None
+        past = output_cache(out) if opts.use_past_kv_cache else None
         logits = out.logits[:, -1, :].float()
         new = next_tokens(logits, opts, run["generator"]).to(tokens.device)  # (a last layer elsewhere)
         new = torch.where(done, torch.full_like(new, run["pad"]), new)

@@ -47,6 +47,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import WorkbenchError
+from .hf_compat import cache_kwarg
 from .metrics import Metric, check_output
 from .patch_sites import Cell, Site, cell_unchanged, write
 
@@ -184,7 +185,7 @@ def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
         data = [(k[:, :, :P0].repeat(active[L], 1, 1, 1), v[:, :, :P0].repeat(active[L], 1, 1, 1))
                 if L >= L0 else (k[:, :, :P0], v[:, :, :P0])  # only the prefix length is read there
                 for L, (k, v) in enumerate(plan.kv)]
-        overrides.update(past_key_values=DynamicCache(ddp_cache_data=data), use_cache=True)
+        overrides.update({cache_kwarg(model): DynamicCache(ddp_cache_data=data), "use_cache": True})
     try:
         if overrides:
             handles.append(model.register_forward_pre_hook(

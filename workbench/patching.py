@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InputError
+from .hf_compat import output_cache
 from .metrics import Metric, as_metric, check_output
 from .patch_engine import Cancelled, PatchPlan, auto_batch_size, run_cells
 from .patch_result import PatchResult, position_labels
@@ -148,7 +149,7 @@ def _runs(bridge: Bridge, base: torch.Tensor, source: torch.Tensor, site: Site, 
     handles = []
     if reuse_prefix:
         def keep_kv(mod, args, kwargs, output):
-            kv.extend((layer.keys, layer.values) for layer in output.past_key_values.layers)
+            kv.extend((layer.keys, layer.values) for layer in output_cache(output).layers)
         handles = [bridge.model.register_forward_pre_hook(
             lambda mod, args, kwargs: (args, {**kwargs, "use_cache": True}), with_kwargs=True),
             bridge.model.register_forward_hook(keep_kv, with_kwargs=True)]

@@ -2,11 +2,12 @@
 points only), rotary on the first ``rotary_dim`` dims of each head (interleaved pairs), no
 biases in attention, an MLP ``fc_in`` -> gelu -> ``fc_out``, and a bias on the unembedding.
 
-GPT-J does not call transformers' attention interface: its attention module computes the
-scores in its own ``_attn(query, key, value, attention_mask)``. The bridge loads it with eager
-attention and gives each attention module an instance-level ``_attn`` that runs the module's own
-method unchanged when no hook reads attention internals, and the bridge's hooked eager attention
-(the same computation, in fp32 as GPT-J does) when one does.
+Before transformers 5.24, GPT-J does not call transformers' attention interface: its attention
+module computes the scores in its own ``_attn(query, key, value, attention_mask)``. The bridge
+then loads it with eager attention and gives each attention module an instance-level ``_attn``
+that runs the module's own method unchanged when no hook reads attention internals, and the
+bridge's hooked eager attention (the same computation, in fp32 as GPT-J does) when one does.
+From 5.24 on GPT-J calls the interface, and is served as the other families are.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from transformers.models.gptj.modeling_gptj import GPTJAttention
 
 from ..attention import hooked_eager_attention, site_of
 from .base import Adapter
@@ -47,6 +49,11 @@ def install_attention(module: nn.Module) -> None:
     module._attn = _attn
 
 
+# transformers before 5.24 computes GPT-J's attention inline in ``GPTJAttention._attn`` (which
+# ``install_attention`` routes through the hook points); from 5.24 on it calls the attention
+# interface like the other families, so the bridge's registered attention function serves it.
+_INLINE = hasattr(GPTJAttention, "_attn")
+
 ADAPTER = Adapter(
     family="gptj", model_types=("gptj",), embed="transformer.wte", pos_embed=None,
     blocks="transformer.h", ln_final="transformer.ln_f", unembed="lm_head",
@@ -54,5 +61,5 @@ ADAPTER = Adapter(
     attn_qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), qkv_layout="split",
     attn_out_proj="attn.out_proj", mlp_in="mlp.fc_in", mlp_gate=None, mlp_out="mlp.fc_out",
     linear_layout="linear", normalization="LN", positional="rotary", read_config=read_config,
-    install_attention=install_attention,
+    install_attention=install_attention if _INLINE else None,
 )
