@@ -29,7 +29,10 @@ def generate(panel):
 
 def test_streamed_tokens_equal_generate(demo, comm):
     p = GenerationPanel(demo, PROMPT, max_new_tokens=6)
+    busy = []
+    p.observe(lambda c: busy.append((c["new"], p.running)), names="busy")
     out = generate(p)
+    assert busy[-2:] == [(True, True), (False, False)]  # busy for the whole run, not only its start
     ref = demo.generate(PROMPT, 6)
     assert out == demo.to_str_tokens(ref.new_tokens[0], prepend_bos=False)
     assert p.prompt_tokens == demo.to_str_tokens(PROMPT) and p.error == ""

@@ -118,16 +118,21 @@ class GenerationPanel(Panel):
         self._job.wait(timeout)
         return list(self.generated)
 
-    @guarded("starting generation")
     def _start(self) -> None:
-        if self._job.running:
-            raise InputError("Generation is already running: cancel it (or wait for it) first.")
-        if not self.prompt:
-            raise InputError("There is no prompt yet: type one in the panel (or set panel.prompt).")
-        hooks = self._hooks()  # built here, so a bad steering setting is reported at once
-        options = dict(do_sample=self.do_sample, temperature=self.temperature,
-                       seed=self.seed if self.do_sample else None, fwd_hooks=hooks)
-        stream = generate_stream(self.bridge, self.prompt, self.max_new_tokens, **options)
+        self._check_open()
+        try:
+            with self.working("preparing the generation"):  # (builds the steering: runs the model)
+                if self._job.running:
+                    raise InputError("Generation is already running: cancel it (or wait for it) first.")
+                if not self.prompt:
+                    raise InputError("There is no prompt yet: type one in the panel (or set panel.prompt).")
+                hooks = self._hooks()  # built here, so a bad steering setting is reported at once
+                options = dict(do_sample=self.do_sample, temperature=self.temperature,
+                               seed=self.seed if self.do_sample else None, fwd_hooks=hooks)
+                stream = generate_stream(self.bridge, self.prompt, self.max_new_tokens, **options)
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, with its traceback
+            self.report(exc)
+            return
         self._generation += 1
         self._run_hooks = hooks
         self.sequence = self.bridge.to_tokens(self.prompt)
