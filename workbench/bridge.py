@@ -29,6 +29,7 @@ from .config import BridgeConfig
 from .errors import InputError, TokenizerError, UnsupportedModelError
 from .hook_points import AttachedHook, HookFn
 from .registry import HookRegistry, HookSpec, NameFilter
+from .results import check_memory_budget
 from .taps import RunState, build_hook_points, get_module
 from .tokens import Encoded, decode_each, encode, need_tokenizer, positions_from_mask
 from .weights import READERS
@@ -409,9 +410,7 @@ class Bridge:
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
     def _check_budget(self, input, names_filter, incl_bwd, budget: int, mask) -> None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-            raise InputError(f"memory_budget is a positive number of bytes (e.g. 2**30 for 1 GiB); "
-                             f"got {budget!r}. Leave it None for no limit.")
+        check_memory_budget(budget, "no limit")
         shape = tuple(self._encode_input(input, mask, None, None).tokens.shape)
         need = self.cache_bytes(shape, names_filter, incl_bwd)
         if need > budget:

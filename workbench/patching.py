@@ -34,7 +34,7 @@ from .metrics import Metric, as_metric, check_output
 from .patch_engine import Cancelled, PatchPlan, auto_batch_size, run_cells
 from .patch_result import PatchResult, position_labels
 from .patch_sites import Site, check_heads, check_layers, enumerate_cells, resolve_site, same_mask
-from .results import decode, encode_input, need_logits, non_finite_error
+from .results import check_memory_budget, decode, encode_input, need_logits, non_finite_error
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -254,11 +254,7 @@ def patch_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise InputError(f"batch_size must be a positive int (cells per forward pass); got {batch_size!r}.")
-    budget = memory_budget
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or budget <= 0):
-        raise InputError(f"memory_budget is a positive number of bytes (e.g. 2**30 for 1 GiB); got "
-                         f"{memory_budget!r}. Leave it None for the default.")
+    check_memory_budget(memory_budget, "the default")
     spec = resolve_site(bridge, site, index)
     layer_list, head_list = check_layers(bridge, layers), check_heads(spec, heads)
     prep = prepare_patching(bridge, clean, corrupted, spec, metric, direction=direction,

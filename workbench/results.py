@@ -69,6 +69,14 @@ def token_ids(bridge: Bridge, tokens: Any, batch: int, what: str) -> torch.Tenso
     return torch.tensor(ids, device=bridge.cfg.device)
 
 
+def check_memory_budget(budget: Any, none_means: str) -> None:
+    """An InputError unless ``budget`` is None or a positive number of bytes."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not budget > 0):
+        raise InputError(f"memory_budget is a positive number of bytes (e.g. 2**30 for 1 GiB); got "
+                         f"{budget!r}. Leave it None for {none_means}.")
+
+
 def non_finite_error(bridge: Bridge, what: str, site: str | None = None) -> InputError:
     """The error for an analysis whose numbers came out NaN or inf: it names the hook points with
     functions attached (the usual cause) and ``site``, where the residual stream first went bad."""
