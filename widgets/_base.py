@@ -124,7 +124,7 @@ class Panel(anywidget.AnyWidget):
     def close(self) -> None:
         """Close the view and let go of the shared selection (a closed panel, with what it
         computed, is then freed even while other panels on the same selection live on)."""
-        for link in self._links:
+        for link in getattr(self, "_links", ()):  # (also from __del__ of a failed __init__)
             link.unlink()
         self._links = []
         super().close()
