@@ -21,8 +21,9 @@ and calls on closed panels. For each row the test proves three things:
    input (its ``recover`` step) with no error.
 
 What is *not* an error is pinned down below the catalogue: a hook's NaN flows on through a
-plain forward pass (only the logit lens and patching refuse non-finite results, naming the hooks
-attached), and a hook returning another dtype is converted to the activation's.
+plain forward pass (the analyses refuse non-finite results, naming the hooks attached: the
+logit lens, DLA, attention patterns, activation and attribution patching), and a hook returning
+another dtype is converted to the activation's.
 """
 
 from __future__ import annotations
@@ -401,6 +402,20 @@ API = [
          lambda env: with_hook(env, "blocks.2.hook_resid_pre", nan_hook, lambda: sweep(env)), InputError,
          (r"metric logit_diff on the clean run came out NaN or inf", r"attached at blocks\.2\.hook_resid_pre",
           r"finite values")),
+    Case("dla_nan_from_hook",
+         lambda env: with_hook(env, "blocks.2.hook_resid_pre", nan_hook,
+                               lambda: direct_logit_attribution(env.demo, CLEAN, " Mary", " John")),
+         InputError, (r"logit difference came out NaN or inf", r"attached at blocks\.2\.hook_resid_pre")),
+    Case("patterns_nan_from_hook",
+         lambda env: with_hook(env, "blocks.1.attn.hook_attn_scores", nan_hook,
+                               lambda: attention_patterns(env.demo, CLEAN)),
+         InputError, (r"attention patterns came out NaN or inf",
+                      r"attached at blocks\.1\.attn\.hook_attn_scores")),
+    Case("attribution_nan_from_hook",
+         lambda env: with_hook(env, "blocks.2.hook_resid_pre", nan_hook,
+                               lambda: attribution_sweep(env.demo, CLEAN, CORRUPTED, site="resid_pre",
+                                                         metric=env.metric())),
+         InputError, (r"on the clean run came out NaN or inf", r"attached at blocks\.2\.hook_resid_pre")),
     Case("patch_cell_position_out_of_range",
          lambda env: patch_cell(env.demo, CLEAN, CORRUPTED, site="resid_pre", layer=1, position=50,
                                 metric=env.metric()),

@@ -24,7 +24,7 @@ import torch
 
 from .adapters import norm_weight
 from .errors import InputError
-from .results import dataframe, decode, encode_input, last_positions, need_logits, token_ids
+from .results import dataframe, decode, encode_input, last_positions, need_logits, non_finite_error, token_ids
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -117,6 +117,8 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
         ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
         final = bridge.model.get_submodule(bridge.adapter.unembed)(ln_final(resid)).float()
     logit_diff = final[rows, ans] - (final[rows, bad] if bad is not None else 0)
+    if not bool(torch.isfinite(logit_diff).all()):
+        raise non_finite_error(bridge, "Direct logit attribution's logit difference")
 
     parts, labels, kinds, layers, heads = [], [], [], [], []
     for name in ("hook_embed", "hook_pos_embed"):

@@ -37,6 +37,7 @@ from .metrics import Metric, as_metric, check_output
 from .patch_result import PatchResult, position_labels
 from .patch_sites import Site, check_heads, check_layers, resolve_site
 from .patching import patch_prompts, patch_sweep
+from .results import non_finite_error
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -169,6 +170,9 @@ def attribution_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
         src_logits, src_cache = bridge.run_with_cache(source, names_filter=names)
     prepared, base_per, clean_per, corrupted_per, acts, grads = _gradients(
         bridge, base, names, user_metric, src_logits, denoise)
+    for name, per in (("clean", clean_per), ("corrupted", corrupted_per)):
+        if not bool(torch.isfinite(per).all()):
+            raise non_finite_error(bridge, f"The metric {user_metric.name} on the {name} run")
     pair_t = prompts.pair_tensor
     with torch.no_grad():
         delta = torch.stack([_cells(spec, src_cache[spec.hook(L)], acts[spec.hook(L)],

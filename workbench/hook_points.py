@@ -9,8 +9,9 @@ tap (``module._forward_hooks`` is empty again).
 Hook functions have the TransformerLens signature ``fn(tensor, hook) -> tensor | None``; ``hook``
 is the ``HookPoint`` (``hook.name``, ``hook.layer()``, ``hook.ctx``). Returning a tensor replaces
 the activation; it must have the same shape (another dtype or device is converted to the
-activation's). Values are not checked here (NaN and inf flow on, as in PyTorch); the logit lens
-and patching analyses refuse non-finite results and name the hooks attached.
+activation's). Values are not checked here (NaN and inf flow on, as in PyTorch); the analyses
+(logit lens, DLA, attention patterns, activation and attribution patching) refuse non-finite
+results and name the hooks attached.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .results import check_layers, dataframe, decode, encode_input
+from .results import check_layers, dataframe, decode, encode_input, non_finite_error
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -93,6 +93,8 @@ def attention_patterns(bridge: Bridge, input: Any, *, layers: int | list[int] | 
     _, cache = bridge.run_with_cache(enc.tokens, names_filter=names,
                                      stop_at_layer=stop if stop < bridge.cfg.n_layers else None)
     pattern = torch.stack([cache[n][0].to("cpu", torch.float32) for n in names])
+    if not bool(torch.isfinite(pattern).all()):
+        raise non_finite_error(bridge, "The attention patterns")
     return AttentionPatterns(pattern=pattern, layers=chosen,
                              str_tokens=decode(bridge, enc.tokens[0].tolist()),
                              n_heads=bridge.cfg.n_heads, n_kv_heads=bridge.cfg.n_kv_heads,
