@@ -155,6 +155,25 @@ def assert_padding_equivalent(bridge, prompts: list[str], tol: float = 1e-5) -> 
                 (side, i)
 
 
+_MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+                      "_forward_hooks_always_called", "_state_dict_hooks", "_state_dict_pre_hooks",
+                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+_GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                      "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+
+
+def hook_state(model) -> dict:
+    """Every hook PyTorch holds for ``model``'s modules, and globally (keys of each hook dict)."""
+    state = {(name, attr): tuple(getattr(m, attr))
+             for name, m in model.named_modules() for attr in _MODULE_HOOK_DICTS
+             if getattr(m, attr, None)}
+    module = torch.nn.modules.module
+    state.update({("<global>", attr): tuple(getattr(module, attr)) for attr in _GLOBAL_HOOK_DICTS
+                  if getattr(module, attr, None)})
+    return state
+
+
 def no_torch_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
                for m in model.modules())

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import hook_state
 from widget_comm import front_end_sends, front_end_sets, reply
 
 from widgets import AttentionPanel, CompositionPanel, HookPicker, LogitLensPanel, PatchingPanel, Workbench
@@ -66,7 +67,6 @@ CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 SHORT = "When Mary and John went to the store"  # fewer tokens than CLEAN
 LONG = "a " * 300  # 302 tokens (BOS, 300 x "a", a final space): past the demo model's context of 256
 N_POS = 15  # CLEAN's tokens, BOS included
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning",
                                         "ignore:For backward hooks:UserWarning",
                                         "ignore:Token indices sequence length:UserWarning")
@@ -100,11 +100,6 @@ class Reference:
     hooks: dict
 
 
-def hook_counts(model) -> dict:
-    """How many PyTorch hooks each module holds, per kind."""
-    return {name: tuple(len(getattr(m, attr)) for attr in HOOK_DICTS) for name, m in model.named_modules()}
-
-
 @pytest.fixture(scope="module")
 def env(demo):
     gpt2 = Bridge.from_hf(tiny_model("gpt2", n_layers=2), char_tokenizer())
@@ -114,14 +109,15 @@ def env(demo):
 
 @pytest.fixture(scope="module")
 def references(env):
-    """Each bridge's logits on a fixed prompt and its modules' hook counts, before any case."""
+    """Each bridge's logits on a fixed prompt and every hook PyTorch holds for its modules, before
+    any case."""
     refs = []
     fixed = ((env.demo, env.demo.to_tokens(CLEAN)), (env.gpt2, torch.tensor([[0, 5, 17, 42, 9]])),
              (env.bare, torch.tensor([[0, 3, 3, 60]])))
     for bridge, tokens in fixed:
         assert bridge.attached_hooks() == []
         with torch.no_grad():
-            refs.append((bridge, Reference(tokens, bridge(tokens), hook_counts(bridge.model))))
+            refs.append((bridge, Reference(tokens, bridge(tokens), hook_state(bridge.model))))
     return refs
 
 
@@ -153,7 +149,7 @@ def kernel_still_usable(env, references, comm):
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     for bridge, ref in references:
         assert bridge.attached_hooks() == []
-        assert hook_counts(bridge.model) == ref.hooks
+        assert hook_state(bridge.model) == ref.hooks
         with torch.no_grad():
             assert torch.equal(bridge(ref.tokens), ref.logits)
     assert _model_free(env.demo)

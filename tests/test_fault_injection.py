@@ -30,6 +30,7 @@ import random
 
 import pytest
 import torch
+from conftest import hook_state
 from torch.nn.modules import module as nn_module
 
 from workbench import (
@@ -134,24 +135,6 @@ ENTRIES = _make_entries()
 
 
 # -- what must not change --------------------------------------------------------------------------
-_MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                      "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-                      "_forward_hooks_always_called", "_state_dict_hooks", "_state_dict_pre_hooks",
-                      "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
-_GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                      "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
-
-
-def hook_state(model) -> dict:
-    """Every hook PyTorch holds for ``model``'s modules, and globally (keys of each hook dict)."""
-    state = {(name, attr): tuple(getattr(m, attr))
-             for name, m in model.named_modules() for attr in _MODULE_HOOK_DICTS
-             if getattr(m, attr, None)}
-    state.update({("<global>", attr): tuple(getattr(nn_module, attr)) for attr in _GLOBAL_HOOK_DICTS
-                  if getattr(nn_module, attr, None)})
-    return state
-
-
 def model_state(bridge) -> dict:
     """Weights (a digest), flags and modes that an interrupted computation could leave changed."""
     digest = hashlib.sha256()

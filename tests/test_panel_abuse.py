@@ -22,7 +22,8 @@ import weakref
 
 import pytest
 import torch
-from test_fault_injection import Bomb, hook_state, model_state
+from conftest import hook_state
+from test_fault_injection import Bomb, model_state
 from widget_comm import front_end_sends, front_end_sets, reply
 
 from widgets import (
