@@ -88,14 +88,14 @@ def test_cancel_stops_after_the_current_step(demo, comm, monkeypatch):
     first, go = threading.Event(), threading.Event()
     real = p._work
 
-    def slow_work(generation, stream):
+    def slow_work(stream):
         def held():
             for i, step in enumerate(stream):
                 yield step
                 if i == 1:
                     first.set()
                     go.wait(30)
-        real(generation, held())
+        real(held())
     monkeypatch.setattr(p, "_work", slow_work)
     action(p, "generate")
     assert first.wait(30) and p.running

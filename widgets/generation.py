@@ -140,13 +140,13 @@ class GenerationPanel(Panel):
         self.generated, self.finish, self.picked, self.step_view = [], "", -1, {}
         self.running = self.busy = True
         self.status = "generating"
-        self._job.start(self._work, self._generation, stream)
+        self._job.start(self._work, stream)
 
-    def _work(self, generation: int, stream: Any) -> None:
+    def _work(self, stream: Any) -> None:
         """In the job's thread, holding the model: one step at a time, shown as it comes."""
         try:
             for step in stream:
-                if self._job.cancelled or generation != self._generation:
+                if self._job.cancelled:  # (a new prompt cancels too)
                     self.finish = "cancelled"
                     return
                 with self._view_lock:
