@@ -2,15 +2,31 @@
 
 A ``device_map`` that offloads a layer to disk (its weights sit on the "meta" device between
 forwards, loaded by accelerate's hooks for each one) gives the same activations, weights and
-analyses as the model in memory; bfloat16 and float16 models equal HF eager in the same dtype
-within that dtype's rounding, with the analyses that need precision computed in float32."""
+analyses as the model in memory, with accelerate's own placement (``device_map="auto"``,
+``max_memory``) as with a hand-written map; bfloat16 and float16 models equal HF eager in the same
+dtype within that dtype's rounding, with the analyses that need precision computed in float32. A
+real-shaped model on the meta device (no weights) plans a cache, and the estimate holds at real
+width."""
 
 import pytest
 import torch
 from conftest import rel_close
 from transformers import AutoModelForCausalLM
 
-from workbench import Bridge, InputError, direct_logit_attribution, logit_lens, patch_sweep
+from workbench import (
+    Bridge,
+    CellPatcher,
+    InputError,
+    Steering,
+    attention_patterns,
+    attribution_sweep,
+    composition_scores,
+    direct_logit_attribution,
+    head_scores,
+    logit_lens,
+    patch_sweep,
+    path_patch_sweep,
+)
 from workbench.toy import tiny_model, tiny_tokenizer
 from workbench.weights import READERS
 
@@ -54,6 +70,65 @@ def test_disk_offload_gives_the_same_activations_weights_and_analyses(folder, tm
         spread.process_weights()
     with pytest.raises(InputError, match="device_map"):
         Bridge.from_pretrained(str(folder), offload_folder=str(tmp_path))
+
+
+def _same(a, b, what: str, tol: float = 1e-5) -> None:
+    """Every tensor field of two results equal within ``tol`` (NaN where NaN), the rest equal."""
+    fields = vars(a) if not isinstance(a, dict) else a
+    other = vars(b) if not isinstance(b, dict) else b
+    assert fields.keys() == other.keys(), what
+    for key, x in fields.items():
+        y = other[key]
+        if isinstance(x, torch.Tensor):
+            assert x.device == y.device, (what, key)
+            if x.is_floating_point():
+                torch.testing.assert_close(x, y, rtol=tol, atol=tol, equal_nan=True, msg=f"{what}.{key}")
+            else:
+                assert torch.equal(x, y), (what, key)
+        elif isinstance(x, dict) and any(isinstance(v, torch.Tensor) for v in x.values()):
+            _same(x, y, f"{what}.{key}", tol)
+        elif isinstance(x, (int, float, str, tuple, bool)) and not isinstance(x, float):
+            assert x == y, (what, key)
+
+
+# max_memory for the CPU (bytes; the model's weights are ~0.5 MB): everything offloaded to disk
+# (no module keeps its weights: accelerate's hooks load each one per forward), or the embedding
+# and the first block in memory and the rest on disk
+@pytest.mark.parametrize("cpu_bytes,placed", [(150_000, {"": "disk"}),
+                                              (400_000, {"model.embed_tokens": "cpu", "lm_head": "disk"})])
+def test_device_map_auto_with_max_memory_gives_every_analysis_unchanged(folder, tmp_path, cpu_bytes, placed):
+    """``device_map="auto"`` and ``max_memory`` (accelerate's own placement) over the CPU and disk:
+    the bridge runs on the execution device accelerate names (``cfg.device`` is "cpu" even when
+    no weight is in memory), and every analysis gives the in-memory model's numbers."""
+    spread = Bridge.from_pretrained(str(folder), device_map="auto", max_memory={"cpu": cpu_bytes},
+                                    offload_folder=str(tmp_path))
+    whole = Bridge.from_pretrained(str(folder))
+    assert {k: spread.model.hf_device_map[k] for k in placed} == placed
+    assert spread.cfg.device == torch.device("cpu")
+    clean, corrupt = "When Mary and John went to the store, John gave", \
+        "When Mary and John went to the store, Mary gave"
+    metric = lambda lg: lg[:, -1].log_softmax(-1)[:, 7] - lg[:, -1].log_softmax(-1)[:, 9]  # noqa: E731
+    runs = {
+        "logits": lambda b: {"logits": b(PROMPT)},
+        "cache": lambda b: dict(b.run_with_cache(PROMPT, incl_bwd=False)[1].items()),
+        "lens": lambda b: logit_lens(b, PROMPT, sites="all", target="e"),
+        "dla": lambda b: direct_logit_attribution(b, PROMPT, "a", "b"),
+        "patterns": lambda b: attention_patterns(b, PROMPT),
+        "head_scores": lambda b: head_scores(b, n=12, batch=2),
+        "composition": lambda b: composition_scores(b, "q"),
+        "sweep": lambda b: patch_sweep(b, clean, corrupt, site="z", metric=metric),
+        "cell": lambda b: CellPatcher(b, clean, corrupt, metric=metric).patch(site="resid_pre", layer=1,
+                                                                             position=-3),
+        "path": lambda b: path_patch_sweep(b, clean, corrupt, receivers=None, metric=metric),
+        "attribution": lambda b: attribution_sweep(b, clean, corrupt, site="resid_pre", metric=metric),
+        "generate": lambda b: {"tokens": b.generate(PROMPT, max_new_tokens=6).tokens},
+        "steered": lambda b: {"tokens": b.generate(PROMPT, max_new_tokens=6, fwd_hooks=[
+            Steering.from_prompts(b, "blocks.1.hook_resid_post", ["Mary"], ["John"], scale=4).hook]
+        ).tokens},
+    }
+    for what, run in runs.items():
+        _same(run(spread), run(whole), what)
+    assert spread.model.get_submodule("lm_head").weight.device.type == "meta"  # still offloaded
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
@@ -134,3 +209,71 @@ def test_real_shaped_bf16_on_gpu_equals_hf_eager(shape):
         rel_close(cache["pattern", layer].float(), ref.attentions[layer].float(), 3e-2)
     for name in cache.keys():
         assert pinned[name].is_pinned() and torch.equal(pinned[name], cache[name].cpu()), name
+
+
+def _shaped(shape: str, n_layers: int | None = None, vocab: int | None = None):
+    """A real architecture's config (benchmarks/bench_gpu.py), optionally cut to ``n_layers``
+    layers and a ``vocab``-token vocabulary."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_gpu import CONFIGS
+
+    config = CONFIGS[shape]()
+    if n_layers is not None:
+        config.num_hidden_layers = n_layers
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = config.layer_types[:n_layers]
+    if vocab is not None:
+        config.vocab_size = vocab
+    return config
+
+
+@pytest.mark.parametrize("shape", ["llama3-8b", "gemma2-9b"])
+def test_a_model_without_weights_plans_a_cache_and_refuses_to_run(shape):
+    """A Llama-3-8B / Gemma-2-9B-shaped model on the meta device (no weights: built in
+    milliseconds) lists its hooks and estimates a cache, so a run can be planned before any
+    weight is loaded; running it fails with a clear error, not deep inside PyTorch."""
+    config = _shaped(shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    bridge = Bridge.from_hf(model)
+    assert bridge.cfg.device.type == "meta" and bridge.cfg.n_layers == config.num_hidden_layers
+    per_layer = [n for n in bridge.hook_names() if n.startswith("blocks.0.")]
+    assert len(bridge.hook_names()) > config.num_hidden_layers * len(per_layer)
+    pattern = bridge.hook_info("blocks.0.attn.hook_pattern", 4096).nbytes(1, 4096)
+    assert pattern == config.num_attention_heads * 4096 * 4096 * 2  # bf16
+    assert bridge.cache_bytes((1, 4096), "blocks.0.attn.hook_pattern") == pattern
+    total = bridge.cache_bytes((1, 4096))
+    assert total > config.num_hidden_layers * 2 * pattern  # scores and pattern, every layer
+    tokens = torch.zeros((1, 16), dtype=torch.long)
+    assert bridge.cache_bytes(tokens) == bridge.cache_bytes((1, 16))
+    for run in (lambda: bridge(tokens), lambda: bridge.run_with_cache(tokens),
+                lambda: bridge.generate(tokens, max_new_tokens=2)):
+        with pytest.raises(InputError, match="meta device: it has shapes but no values"):
+            run()
+    with pytest.raises(InputError, match=r"would hold .* MiB"):
+        bridge.run_with_cache(tokens, memory_budget=1000)
+
+
+@pytest.mark.parametrize("shape,n_layers", [("llama3-8b", 1), ("gemma2-9b", 2)])
+def test_the_estimate_holds_at_real_width(shape, n_layers):
+    """At a real model's width (d_model, heads, grouped K/V, d_head, d_mlp; 1-2 of its layers,
+    zero weights, a small vocabulary) in bf16, the estimate made before running is within 10% of
+    what the cache holds (it counts tensors shared by two names twice)."""
+    config = _shaped(shape, n_layers=n_layers, vocab=256)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.zero_()
+    model.model.rotary_emb.__init__(config)  # the rotary frequencies (buffers) as HF computes them
+    bridge = Bridge.from_hf(model)
+    tokens = torch.arange(40)[None] % 256
+    for names in (None, lambda n: "attn" in n, lambda n: "mlp" in n):
+        estimate = bridge.cache_bytes(tokens, names)
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(tokens, names_filter=names)
+        assert cache.nbytes() <= estimate <= 1.1 * cache.nbytes(), (names, estimate, cache.nbytes())

@@ -89,10 +89,9 @@ def _gradients(bridge: Bridge, base: torch.Tensor, names: list[str], metric: Met
     def keep_grad(grad: torch.Tensor, hook) -> None:
         grads[hook.name] = grad.detach()
 
-    params = list(bridge.model.parameters())
-    flags = [p.requires_grad for p in params]
+    flags = {name: p.requires_grad for name, p in bridge.model.named_parameters()}
     try:
-        for p in params:
+        for p in bridge.model.parameters():
             p.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad(), bridge.hooks(
                 fwd_hooks=[(n, enter) for n in names], bwd_hooks=[(n, keep_grad) for n in names]):
@@ -104,9 +103,11 @@ def _gradients(bridge: Bridge, base: torch.Tensor, names: list[str], metric: Met
             per = check_output(metric(logits), base.shape[0], metric.name).float()
             if per.requires_grad:
                 per.sum().backward()
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
+    finally:  # by name: accelerate swaps offloaded parameters for new ones at each forward
+        for name, p in bridge.model.named_parameters():
+            if name in flags and p.requires_grad != flags[name]:
+                with torch.inference_mode(p.is_inference()):  # made under inference mode
+                    p.requires_grad_(flags[name])
     with torch.no_grad():
         clean_per = check_output(metric(clean_logits), base.shape[0], metric.name).float()
         corrupted_per = check_output(metric(corrupted_logits), base.shape[0], metric.name).float()

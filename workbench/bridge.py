@@ -18,6 +18,7 @@ from . import memory
 from .adapters import (
     Adapter,
     adapter_for,
+    execution_device,
     for_model,
     known_adapter,
     live_param,
@@ -57,7 +58,8 @@ class Bridge:
         param = next(model.parameters())
         self.cfg = BridgeConfig(
             model_type=model.config.model_type, positional_embedding_type=adapter.positional,
-            normalization_type=adapter.normalization, dtype=param.dtype, device=param.device,
+            normalization_type=adapter.normalization, dtype=param.dtype,
+            device=execution_device(get_module(model, adapter.embed)),
             **adapter.read_config(model.config),
         )
         self._state = RunState()
@@ -333,7 +335,7 @@ class Bridge:
         if isinstance(input, tuple) and len(input) == 2 and all(isinstance(n, int) for n in input):
             batch, pos = input
         else:
-            batch, pos = self._encode_input(input, None, None, None).tokens.shape
+            batch, pos = self._encode_input(input, None, None, None, plan=True).tokens.shape
         total = sum(self.hook_info(p.name, pos).nbytes(batch, pos)
                     for p in self._hooks.select(names_filter))
         return total * (2 if incl_bwd else 1)
@@ -411,7 +413,7 @@ class Bridge:
 
     def _check_budget(self, input, names_filter, incl_bwd, budget: int, mask) -> None:
         check_memory_budget(budget, "no limit")
-        shape = tuple(self._encode_input(input, mask, None, None).tokens.shape)
+        shape = tuple(self._encode_input(input, mask, None, None, plan=True).tokens.shape)
         need = self.cache_bytes(shape, names_filter, incl_bwd)
         if need > budget:
             n = len(self._hooks.select(names_filter))
@@ -423,7 +425,10 @@ class Bridge:
                 "device='cpu' keeps the cache off the GPU.")
 
     # -- tokens ----------------------------------------------------------------------------
-    def _encode_input(self, input, attention_mask, prepend_bos, padding_side) -> Encoded:
+    def _encode_input(self, input, attention_mask, prepend_bos, padding_side, *,
+                      plan: bool = False) -> Encoded:
+        """Tokens and mask on the embedding's execution device. ``plan``: only the shape is
+        wanted (a model without weights, on the "meta" device, may then be asked too)."""
         if isinstance(input, (str, list, tuple)):
             if attention_mask is not None:
                 raise InputError("attention_mask is built from text input; pass it only with "
@@ -439,7 +444,15 @@ class Bridge:
                 f"The prompt is {enc.tokens.shape[1]} tokens long; this model's context is "
                 f"{self.cfg.n_ctx} tokens. Shorten the prompt (or slice the tokens)."
             )
-        device = get_module(self.model, self.adapter.embed).weight.device
+        device = execution_device(get_module(self.model, self.adapter.embed))
+        if device.type == "meta":
+            if not plan:
+                raise InputError(
+                    "This model's weights are on the meta device: it has shapes but no values, so it "
+                    "cannot run. hook_names(), hook_info() and cache_bytes() work on it; to run, load "
+                    "the weights (Bridge.from_pretrained, or accelerate's load_checkpoint_and_dispatch)."
+                )
+            return enc
         return Encoded(enc.tokens.to(device), enc.attention_mask.to(device))
 
     def _encode_text(self, texts, prepend_bos, padding_side) -> Encoded:

@@ -37,6 +37,7 @@ from . import (
 )
 from .base import (
     Adapter,
+    execution_device,
     for_model,
     live_param,
     norm_factor,
@@ -72,8 +73,9 @@ ADAPTERS: tuple[Adapter, ...] = (
     bert.ADAPTER,
 )
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "for_model", "known_adapter", "live_param", "norm_factor",
-           "norm_weight", "optional_module", "split_out_proj", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "execution_device", "for_model", "known_adapter",
+           "live_param", "norm_factor", "norm_weight", "optional_module", "split_out_proj",
+           "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:

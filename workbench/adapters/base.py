@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from ..attention import ATTN_IMPLEMENTATION
 
 
@@ -141,6 +143,23 @@ def live_param(module, name: str = "weight") -> Any:
         with align_module_device(module):
             return getattr(module, name).detach().clone()
     return p.detach()
+
+
+def execution_device(module) -> Any:
+    """The ``torch.device`` where ``module`` computes: accelerate's execution device for a
+    dispatched module (its weights may sit on "meta" or the CPU between forwards, and the module
+    or one of its parents carries the hook), else the device of its first parameter or buffer."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in (hook, *getattr(hook, "hooks", ())):
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    if tensor is None:
+        raise ValueError(f"{type(module).__name__} has no parameter or buffer to place it by")
+    return tensor.device
 
 
 def norm_factor(module, offset: float = 0.0) -> Any:

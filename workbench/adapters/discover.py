@@ -31,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..errors import UnsupportedModelError, UnverifiedFamilyWarning
 from ..taps import _first_arg, _norm_eps
-from .base import Adapter
+from .base import Adapter, execution_device
 
 _ATTN_SPLIT = ("q_proj", "k_proj", "v_proj")
 _ATTN_OUT = ("o_proj", "out_proj", "dense")
@@ -123,7 +123,7 @@ def _trace(model: nn.Module, block: nn.Module, names: list[str]) -> dict[str, tu
 
 def _probe_ids(model: nn.Module) -> torch.Tensor:
     """A short probe prompt ``[1, 8]`` of token ids inside the vocabulary."""
-    device = model.get_input_embeddings().weight.device
+    device = execution_device(model.get_input_embeddings())
     vocab = model.config.vocab_size
     return (torch.arange(8, device=device) * 7 + 3)[None] % vocab
 
