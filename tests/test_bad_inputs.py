@@ -304,6 +304,8 @@ API = [
          (r"got -1", r"positive number of bytes")),
     Case("cache_device_typo", lambda env: env.demo.run_with_cache(CLEAN, device="cuda0"), InputError,
          (r"got 'cuda0'", r"must name a torch device \('cpu', 'cuda', 'cuda:1'")),
+    Case("cache_device_meta", lambda env: env.demo.run_with_cache(CLEAN, device="meta"), InputError,
+         (r"device='meta' would keep only the activations' shapes", r"cache to 'cpu'", r"cache_bytes")),
     Case("incl_bwd_without_scalar", lambda env: env.demo.run_with_cache(CLEAN, incl_bwd=True), InputError,
          (r"must be a scalar", r"return_type='loss'")),
     Case("cache_layer_out_of_range", lambda env: cache_of(env)["pattern", 7], HookNameError,

@@ -357,10 +357,14 @@ class Bridge:
             self._check_budget(input, names_filter, incl_bwd, memory_budget,
                                forward_kwargs.get("attention_mask"))
         try:
-            torch.device(device) if device is not None else None  # a clear error for a typo
+            target = torch.device(device) if device is not None else None  # a clear error for a typo
         except (RuntimeError, TypeError) as err:
             raise InputError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...); got "
                              f"{device!r} ({err}).") from None
+        if target is not None and target.type == "meta":
+            raise InputError("device='meta' would keep only the activations' shapes, not their values; "
+                             "cache to 'cpu' or a GPU. For sizes alone, bridge.cache_bytes(input) "
+                             "computes them without running.")
         store: dict[str, torch.Tensor] = {}
 
         if pin_memory and (device is None or torch.device(device).type != "cpu"
