@@ -126,7 +126,7 @@ def test_cache_bytes_estimates_the_cache(bridge):
     shape = tuple(bridge.to_tokens(prompts).shape)
     assert bridge.cache_bytes(shape) == bridge.cache_bytes(prompts)
     assert bridge.cache_bytes(shape, incl_bwd=True) == 2 * bridge.cache_bytes(shape)
-    with pytest.raises(InputError, match=r"would hold .* MiB .* memory budget"):
+    with pytest.raises(InputError, match=r"would hold .* memory budget"):
         bridge.run_with_cache(prompts, memory_budget=bridge.cache_bytes(prompts) - 1)
     _, cache = bridge.run_with_cache(prompts, memory_budget=bridge.cache_bytes(prompts))
     assert len(cache) > 0

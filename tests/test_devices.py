@@ -253,7 +253,7 @@ def test_a_model_without_weights_plans_a_cache_and_refuses_to_run(shape):
                 lambda: bridge.generate(tokens, max_new_tokens=2)):
         with pytest.raises(InputError, match="meta device: it has shapes but no values"):
             run()
-    with pytest.raises(InputError, match=r"would hold .* MiB"):
+    with pytest.raises(InputError, match=r"would hold [\d.]+ MiB .* memory budget is 1000 B"):
         bridge.run_with_cache(tokens, memory_budget=1000)
 
 
@@ -277,3 +277,33 @@ def test_the_estimate_holds_at_real_width(shape, n_layers):
         with torch.no_grad():
             _, cache = bridge.run_with_cache(tokens, names_filter=names)
         assert cache.nbytes() <= estimate <= 1.1 * cache.nbytes(), (names, estimate, cache.nbytes())
+
+
+def test_auto_memory_budget_is_the_memory_free_where_the_cache_goes(folder, monkeypatch):
+    """``memory_budget="auto"``: the free memory of the device the cache goes to (the host's
+    available memory for "cpu"), read before running; unknown free memory means no check."""
+    from workbench import memory
+
+    with open("/proc/meminfo") as f:
+        total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+    assert 0 < memory.available_bytes("cpu") <= total
+    assert memory.available_bytes("meta") is None
+    bridge = Bridge.from_pretrained(str(folder))
+    need = bridge.cache_bytes(TOKENS)
+    asked = []
+
+    def free(device):
+        asked.append(torch.device(device))
+        return need - 1
+
+    monkeypatch.setattr(memory, "available_bytes", free)
+    with pytest.raises(InputError, match=r"would hold [\d.]+ KiB .*; cpu has free [\d.]+ KiB"):
+        bridge.run_with_cache(TOKENS, memory_budget="auto")
+    assert asked == [torch.device("cpu")]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need)
+    assert bridge.run_with_cache(TOKENS, memory_budget="auto")[1].nbytes() == \
+        bridge.run_with_cache(TOKENS)[1].nbytes()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
+    assert len(bridge.run_with_cache(TOKENS, memory_budget="auto", device="cpu")[1]) > 0
+    with pytest.raises(InputError, match="'auto' for the free memory"):
+        bridge.run_with_cache(TOKENS, memory_budget="all")

@@ -55,3 +55,21 @@ def test_html_export(comm, bridge, tmp_path):
     picker = HookPicker(bridge, "ab", hooks=["hook_embed"])
     page = picker.to_html(tmp_path / "p.html")
     assert "blocks.0.attn.hook_pattern" in page and '"_static": true' in page
+
+
+def test_a_pick_that_would_not_fit_in_free_memory_is_refused(comm, bridge, monkeypatch):
+    """By default the picker sizes the cache before running and refuses, naming the sizes, one
+    larger than the memory free now (here: free memory made to look 1 byte short)."""
+    from workbench import memory
+
+    picker = HookPicker(bridge, "abcab", hooks=["blocks.0.hook_resid_pre"])
+    assert picker.error == "" and picker.cache is not None
+    need = bridge.cache_bytes("abcab", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    front_end_sets(picker, hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"])
+    assert "would hold" in picker.error and "cpu has free" in picker.error
+    assert picker.cache is None and picker.cached == []  # never the previous pick's cache
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need)
+    front_end_sets(picker, error="")  # (as the front end clears it)
+    front_end_sends(picker, {"type": "action", "name": "run"})
+    assert picker.error == "" and len(picker.cache) == 2

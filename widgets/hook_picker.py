@@ -43,7 +43,9 @@ def hook_tree(bridge: Any, seq_len: int) -> list[dict]:
 
 class HookPicker(Panel):
     """Pick hook points; the picked ones are cached for the prompt (``cache``) and shared as
-    ``selection.hooks``. ``auto_run``: re-run whenever the pick or the prompt changes."""
+    ``selection.hooks``. ``auto_run``: re-run whenever the pick or the prompt changes.
+    ``memory_budget``: as :meth:`Bridge.run_with_cache`; the default "auto" refuses, with the
+    sizes, a cache that would not fit in the memory free now (instead of running out of it)."""
 
     _esm = esm("hook_picker.js")
     _title = "hook picker"
@@ -57,8 +59,10 @@ class HookPicker(Panel):
     cached = List(Dict()).tag(sync=True)  # [{"name", "shape": [ints], "bytes"}] of the last run
 
     def __init__(self, bridge: Any, prompt: str = "", *, hooks: list[str] | None = None,
-                 auto_run: bool = True, selection: Any = None) -> None:
+                 auto_run: bool = True, selection: Any = None,
+                 memory_budget: int | str | None = "auto") -> None:
         self.cache = None
+        self.memory_budget = memory_budget  # run_with_cache's: "auto" refuses what would not fit
         super().__init__(bridge, selection=selection, auto_run=auto_run)
         if prompt:
             self.prompt = prompt
@@ -106,7 +110,8 @@ class HookPicker(Panel):
         self.cache, self.cached = None, []  # a failed run leaves none (never the old prompt's)
         if not self.hooks:
             return
-        _, self.cache = self.bridge.run_with_cache(self.prompt, names_filter=list(self.hooks))
+        _, self.cache = self.bridge.run_with_cache(self.prompt, names_filter=list(self.hooks),
+                                                   memory_budget=self.memory_budget)
         self.cached = [{"name": k, "shape": list(v.shape), "bytes": v.numel() * v.element_size()}
                        for k, v in self.cache.items()]
 

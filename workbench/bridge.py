@@ -342,7 +342,7 @@ class Bridge:
 
     def run_with_cache(self, input, names_filter: NameFilter = None,
                        device: str | torch.device | None = None, remove_batch_dim: bool = False,
-                       incl_bwd: bool = False, memory_budget: int | None = None,
+                       incl_bwd: bool = False, memory_budget: int | str | None = None,
                        pin_memory: bool = False, **forward_kwargs):
         """Run once and keep the chosen activations: returns ``(output, ActivationCache)``.
         ``device`` is where cached tensors are stored (default: where they were made; "cpu"
@@ -350,17 +350,19 @@ class Bridge:
         ``incl_bwd`` the output must be a scalar (e.g. ``return_type="loss"``); its gradient
         w.r.t. every cached activation is stored as ``name + "_grad"`` (the parameters' ``.grad``
         stay untouched: nothing is differentiated w.r.t. the weights). ``memory_budget``
-        (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it.
+        (bytes): refuse before running when :meth:`cache_bytes` says the cache would exceed it;
+        "auto": the memory free now where the cache goes (a GPU's free memory, the host's
+        available memory for "cpu"; every device of a spread model), no check where unknown.
         ``pin_memory`` (with ``device="cpu"`` on a GPU model): cache into page-locked memory,
         copied without blocking the GPU's stream (faster to send back to a GPU later)."""
-        if memory_budget is not None:
-            self._check_budget(input, names_filter, incl_bwd, memory_budget,
-                               forward_kwargs.get("attention_mask"))
         try:
             target = torch.device(device) if device is not None else None  # a clear error for a typo
         except (RuntimeError, TypeError) as err:
             raise InputError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...); got "
                              f"{device!r} ({err}).") from None
+        if memory_budget is not None:
+            self._check_budget(input, names_filter, incl_bwd, memory_budget,
+                               forward_kwargs.get("attention_mask"), target)
         if target is not None and target.type == "meta":
             raise InputError("device='meta' would keep only the activations' shapes, not their values; "
                              "cache to 'cpu' or a GPU. For sizes alone, bridge.cache_bytes(input) "
@@ -415,16 +417,31 @@ class Bridge:
         cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
-    def _check_budget(self, input, names_filter, incl_bwd, budget: int, mask) -> None:
-        check_memory_budget(budget, "no limit")
+    def _cache_devices(self, device) -> list[torch.device]:
+        """Where a cache lands: ``device``, or (None) every device the model computes on."""
+        if device is not None:
+            return [torch.device(device)]
+        blocks = get_module(self.model, self.adapter.blocks)
+        return sorted({self.cfg.device, *(execution_device(b) for b in blocks)}, key=str)
+
+    def _check_budget(self, input, names_filter, incl_bwd, budget, mask, device=None) -> None:
+        where = "the memory budget is"
+        if budget == "auto":  # what the cache's devices have free now
+            devices = self._cache_devices(device)
+            free = [memory.available_bytes(d) for d in devices]
+            if any(f is None for f in free):
+                return  # unknown: no check
+            budget = sum(free)
+            where = f"{', '.join(map(str, devices))} {'has' if len(devices) == 1 else 'have'} free"
+        check_memory_budget(budget, "no limit, or 'auto' for the free memory")
         shape = tuple(self._encode_input(input, mask, None, None, plan=True).tokens.shape)
         need = self.cache_bytes(shape, names_filter, incl_bwd)
         if need > budget:
             n = len(self._hooks.select(names_filter))
             raise InputError(
-                f"This cache would hold {need / 2**20:.1f} MiB ({n} hook points for "
+                f"This cache would hold {memory.human_bytes(need)} ({n} hook points for "
                 f"{shape[0]} prompt(s) of {shape[1]} tokens{', with gradients' if incl_bwd else ''}); "
-                f"the memory budget is {budget / 2**20:.1f} MiB. Cache fewer hook points "
+                f"{where} {memory.human_bytes(budget)}. Cache fewer hook points "
                 "(names_filter=), fewer or shorter prompts, or raise memory_budget; "
                 "device='cpu' keeps the cache off the GPU.")
 

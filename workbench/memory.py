@@ -1,4 +1,5 @@
-"""CPU memory policy for activation caches (glibc only; a no-op elsewhere).
+"""Memory for activation caches: how much is free where (:func:`available_bytes`, used by
+``memory_budget="auto"``), and the CPU memory policy (glibc only; a no-op elsewhere).
 
 A CPU activation cache keeps every tensor the model made, so each ``run_with_cache`` needs as
 much new memory as its cache holds. By default glibc hands large freed blocks (above 128 KiB to
@@ -95,6 +96,34 @@ def release_memory() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in binary units: "512 B", "97.7 KiB", "84.1 GiB"."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def available_bytes(device: str | torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: for a CUDA device, its free memory plus
+    what PyTorch's allocator has reserved but not handed out; for "cpu", the host's
+    ``MemAvailable`` (Linux); None where unknown (other devices or systems)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        return free + torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 def before_cpu_cache() -> None:
