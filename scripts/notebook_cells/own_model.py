@@ -1,4 +1,5 @@
-"""notebooks/05_your_own_model.ipynb: hub names, local folders, GPU, dtype, device_map, processing."""
+"""notebooks/05_your_own_model.ipynb: hub names, local folders, GPU, dtype, device_map, offloading,
+sizing a cache before loading, processing."""
 
 from ._cells import code, md
 
@@ -189,6 +190,70 @@ CELLS = [
         on_cpu = Bridge.from_pretrained('workbench-demo', device_map='cpu')
         with torch.no_grad():
             torch.testing.assert_close(on_cpu(prompt)[0, -1], full_logits)
+    """),
+    md("""
+        ## Less memory than weights: offload to the CPU or disk
+
+        With `max_memory` below the model's size, accelerate keeps what fits and offloads the rest
+        (to the CPU, or to `offload_folder` on disk); each offloaded layer's weights are loaded
+        for its forward only. Every analysis gives the same numbers, only slower. Here the demo
+        model gets 3 MB of memory, so most of its blocks stay on disk:
+    """),
+    code("""
+        offload_dir = tempfile.mkdtemp()
+        offloaded = Bridge.from_pretrained('workbench-demo', device_map='auto', max_memory={'cpu': 3_000_000},
+                                           offload_folder=offload_dir)
+        placed = offloaded.model.hf_device_map
+        print({where: sum(v == where for v in placed.values()) for where in set(placed.values())},
+              '(modules per place)')
+        with torch.no_grad():
+            torch.testing.assert_close(offloaded(prompt)[0, -1], full_logits)
+        print('top prediction with offloaded weights:', logit_lens(offloaded, prompt).top_strs[-1][-1][0])
+    """),
+    md("""
+        ## Will it fit? Size a cache before loading anything
+
+        A model built on PyTorch's `meta` device has every shape and no weights, so it is made
+        in milliseconds at any size. Wrapped in a bridge it lists its hooks and says how much a
+        `run_with_cache` would hold (`cache_bytes`), before a single weight is downloaded. Here a
+        Llama-3-8B-shaped config (no download: the config is written out):
+    """),
+    code("""
+        from collections import Counter
+
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        from workbench.memory import human_bytes
+
+        llama3_8b = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                max_position_embeddings=8192)
+        with torch.device('meta'):
+            shell = Bridge.from_hf(AutoModelForCausalLM.from_config(llama3_8b, dtype=torch.bfloat16))
+        for n_tokens in (1024, 4096):
+            print(f'{n_tokens} tokens, every hook:', human_bytes(shell.cache_bytes((1, n_tokens))))
+        kinds = {name.split('.')[-1] for name in shell.hook_names()}
+        by_kind = Counter({k: shell.cache_bytes((1, 4096), lambda n, k=k: n.endswith('.' + k) or n == k)
+                           for k in kinds})
+        print('largest at 4096 tokens:', [(k, human_bytes(v)) for k, v in by_kind.most_common(3)])
+        resid_only = shell.cache_bytes((1, 4096), lambda n: n.endswith('hook_resid_post'))
+        print('only resid_post at 4096 tokens:', human_bytes(resid_only))
+    """),
+    md("""
+        The attention scores and patterns are most of it. `run_with_cache(...,
+        memory_budget='auto')` compares the estimate with the memory free where the cache goes
+        and refuses, naming the sizes, instead of running out of memory; the hook picker always
+        does. A fixed budget in bytes works the same way:
+    """),
+    code("""
+        from workbench import InputError
+
+        try:
+            demo.run_with_cache(prompt, memory_budget=100_000)
+        except InputError as err:
+            print(err)
+        _, cache = demo.run_with_cache(prompt, memory_budget='auto')
+        print('fits:', human_bytes(cache.nbytes()))
     """),
     md("""
         ## Weight processing
