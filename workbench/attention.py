@@ -53,6 +53,7 @@ class AttentionSite:
     # the module multiplied the queries by this before the call (OPT's d_head ** -0.5, with
     # scaling=1): hook_q shows them divided back, the projection's output
     q_prescale: float | None = None
+    fp32_scores: bool = False  # q.k in float32 whatever the dtype (GPT-J's eager attention)
 
     def wants_internals(self) -> bool:
         return (self.q.active or self.k.active or self.v.active or self.scores.active
@@ -160,8 +161,12 @@ def _fire_new_positions(point: HookPoint, x: torch.Tensor, q_len: int, groups: i
 def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.Tensor,
                            key: torch.Tensor, value: torch.Tensor,
                            attention_mask: torch.Tensor | None, *, scaling: float | None,
-                           dropout: float, softcap: float | None = None):
-    """Eager attention with every internal hook point fired (shapes as in the module doc)."""
+                           dropout: float, softcap: float | None = None, scores_fn=None):
+    """Eager attention with every internal hook point fired (shapes as in the module doc).
+    ``scores_fn(query, key)``, where given, computes the scaled scores ``[batch, heads, q, k]``
+    from ``query`` and the (repeated) ``key`` exactly as the family's own attention does (its
+    dtype and order of operations), in place of ``query @ key^T * scaling``. The pattern is
+    cast to ``value``'s dtype before it is applied, as HF's eager attention does."""
     n_heads, n_kv = query.shape[1], key.shape[1]
     groups = n_heads // n_kv
     if scaling is None:
@@ -193,7 +198,12 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
             value = site.v.fire(value.transpose(1, 2)).transpose(1, 2)
     key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
 
-    scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)  # in place: no second buffer
+    if scores_fn is not None:
+        scores = scores_fn(query, key)
+    elif site.fp32_scores:
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)).mul_(scaling)
+    else:
+        scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)  # in place: no second buffer
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None and attention_mask.dtype != torch.bool:
@@ -204,7 +214,7 @@ def hooked_eager_attention(site: AttentionSite, module: nn.Module, query: torch.
     if site.scores.active:
         scores = site.scores.fire(scores)
 
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if not bool(allowed.any(-1).all()):  # rows with nothing to attend to (padding queries)
         pattern = pattern.nan_to_num(0.0)
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)

@@ -237,7 +237,8 @@ def build_hook_points(model: nn.Module, adapter: Adapter, cfg: BridgeConfig,
             norm(get_module(block, adapter.ln1), f"blocks.{L}.ln1")
         site = AttentionSite(*(point(f"blocks.{L}.attn.hook_{s}")
                                for s in ("q", "k", "v", "attn_scores", "pattern", "z")),
-                             q_prescale=cfg.d_head ** -0.5 if adapter.queries_prescaled else None)
+                             q_prescale=cfg.d_head ** -0.5 if adapter.queries_prescaled else None,
+                             fp32_scores=adapter.fp32_scores)
         register_site(get_module(block, adapter.attn), site)
         if adapter.install_attention is not None:  # outside the attention interface (GPT-J)
             adapter.install_attention(get_module(block, adapter.attn))

@@ -79,6 +79,9 @@ class Adapter:
     # the attention module multiplies queries by d_head ** -0.5 itself and calls the attention
     # function with scaling 1 (OPT): hook_q is shown divided back, as the projection's output
     queries_prescaled: bool = False
+    # HF's eager attention computes q.k in float32 whatever the model's dtype (GPT-J): the hooked
+    # path does the same, so half-precision patterns equal HF's
+    fp32_scores: bool = False
     # families whose attention bypasses transformers' attention interface (GPT-J, BLOOM, Falcon):
     # the model is loaded with ``inline_attn_implementation``, and this installs the hooked path
     # on each attention module

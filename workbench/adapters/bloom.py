@@ -55,16 +55,25 @@ def install_attention(module: nn.Module) -> None:
         query, key, value = module._reshape(module.query_key_value(hidden_states))  # [b, h, p, d]
         if layer_past is not None:
             key, value = layer_past.update(key, value, module.layer_idx)
-        bias = alibi.view(batch, module.num_heads, 1, -1)  # [b, h, 1, k]
-        bias = bias + _additive(attention_mask, q_len, key.shape[2], bias)  # masked: about min
+        mask = _additive(attention_mask, q_len, key.shape[2], alibi)  # masked: the dtype's min
         z, pattern = hooked_eager_attention(
-            site, module, query, key, value, bias, scaling=module.inv_norm_factor,
-            dropout=module.attention_dropout.p)
+            site, module, query, key, value, mask, scaling=None, dropout=module.attention_dropout.p,
+            scores_fn=lambda q, k: _scores(module, alibi, q, k))
         out = module.dense(z.reshape(batch, q_len, -1))
         out = residual + F.dropout(out, p=module.hidden_dropout, training=module.training)
         return out, pattern
 
     module.forward = forward
+
+
+def _scores(module: nn.Module, alibi: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """BLOOM's scores ``alibi + q.k / sqrt(d_head)`` ``[batch, heads, q, k]``, in one fused
+    ``baddbmm`` as BLOOM computes them (one rounding in half precision, not three)."""
+    batch, heads, q_len, d_head = query.shape
+    scores = alibi.baddbmm(query.reshape(batch * heads, q_len, d_head),
+                           key.reshape(batch * heads, -1, d_head).transpose(-1, -2),
+                           beta=module.beta, alpha=module.inv_norm_factor)
+    return scores.view(batch, heads, q_len, -1)
 
 
 def _additive(mask: torch.Tensor | None, q_len: int, k_len: int, like: torch.Tensor) -> torch.Tensor:

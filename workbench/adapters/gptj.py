@@ -7,13 +7,15 @@ module computes the scores in its own ``_attn(query, key, value, attention_mask)
 then loads it with eager attention and gives each attention module an instance-level ``_attn``
 that runs the module's own method unchanged when no hook reads attention internals, and the
 bridge's hooked eager attention (the same computation, in fp32 as GPT-J does) when one does.
-From 5.24 on GPT-J calls the interface, and is served as the other families are.
+From 5.24 on GPT-J calls the interface, and is served as the other families are (with
+``fp32_scores``: q.k in float32, as its eager attention computes it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from transformers.models.gptj.modeling_gptj import GPTJAttention
 
@@ -42,11 +44,17 @@ def install_attention(module: nn.Module) -> None:
         if site is None or not site.wants_internals():
             return original(module, query, key, value, attention_mask)
         z, pattern = hooked_eager_attention(
-            site, module, query.float(), key.float(), value.float(), attention_mask,
-            scaling=1.0 / float(module.scale_attn), dropout=module.attn_dropout.p)
-        return z.transpose(1, 2).to(value.dtype), pattern.to(value.dtype)
+            site, module, query, key, value, attention_mask, scaling=None,
+            dropout=module.attn_dropout.p, scores_fn=lambda q, k: _scores(module, q, k))
+        return z.transpose(1, 2), pattern
 
     module._attn = _attn
+
+
+def _scores(module: nn.Module, query, key):
+    """GPT-J's scores: ``q.k`` in float32 (whatever the model's dtype), divided by
+    ``sqrt(d_head)``; ``[batch, heads, q, k]``."""
+    return torch.matmul(query.float(), key.float().transpose(-1, -2)) / module.scale_attn
 
 
 # transformers before 5.24 computes GPT-J's attention inline in ``GPTJAttention._attn`` (which
@@ -61,5 +69,5 @@ ADAPTER = Adapter(
     attn_qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), qkv_layout="split",
     attn_out_proj="attn.out_proj", mlp_in="mlp.fc_in", mlp_gate=None, mlp_out="mlp.fc_out",
     linear_layout="linear", normalization="LN", positional="rotary", read_config=read_config,
-    install_attention=install_attention if _INLINE else None,
+    install_attention=install_attention if _INLINE else None, fp32_scores=True,
 )
