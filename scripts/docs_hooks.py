@@ -316,7 +316,7 @@ def _cell(outcomes: list[set[str]], note: str = "") -> str:
 def results_table(results: dict, by_family: dict[str, list[str]], facts: dict[str, dict]) -> list[str]:
     """The support table: one row per family, one column per group of tests (see
     ``SUPPORT_COLUMNS`` in tests/conftest.py), from a full test run's outcomes."""
-    cols = ["parity", "attention internals", "grouped-query", "hook_result", "MLP hooks",
+    cols = ["parity", "bf16 / fp16", "attention internals", "grouped-query", "hook_result", "MLP hooks",
             "weight processing", "generation", "TransformerLens"]
     rows = ["| family | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for family, vids in by_family.items():
@@ -329,6 +329,7 @@ def results_table(results: dict, by_family: dict[str, list[str]], facts: dict[st
         encoder = any(facts[v].get("encoder") for v in vids)
         cells = [
             _cell(outcomes("parity")),
+            "n/a (encoder)" if encoder else _cell(outcomes("bf16 / fp16")),
             _cell(outcomes("attention internals")),
             _cell(outcomes("parity", gqa_vids), "/".join(kinds)) if gqa_vids else "MHA only",
             _cell(outcomes("hook_result")),

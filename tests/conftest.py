@@ -206,6 +206,7 @@ SUPPORT_COLUMNS = {
                             "test_weights.py::test_weights_reproduce_activations",
                             "test_hooks.py::test_writes_change_downstream"],
     "hook_result": ["test_parity.py::test_residual_identities"],
+    "bf16 / fp16": ["test_devices.py::test_half_precision_is_hf_eager_bit_for_bit"],
     "MLP hooks": ["test_weights.py::test_weights_reproduce_activations",
                   "test_hooks.py::test_writes_change_downstream"],
     "weight processing": ["test_processing.py::test_outputs_preserved",
