@@ -196,3 +196,37 @@ def test_tokens_roundtrip(bridge):
     assert bridge.get_token_position("o", "hello world", mode="last") == 8
     with pytest.raises(Exception, match="not one"):
         bridge.to_single_token("ab")
+
+
+# block 1 and the final norm offloaded to disk, the rest in memory
+OFFLOAD_MAPS = {
+    "llama": {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+              "model.layers.1": "disk", "model.norm": "disk", "lm_head": "cpu"},
+    "gpt2": {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.drop": "cpu",
+             "transformer.h.0": "cpu", "transformer.h.1": "disk", "transformer.ln_f": "disk",
+             "lm_head": "cpu"},
+}
+
+
+@pytest.mark.parametrize("family", list(OFFLOAD_MAPS))
+def test_writes_on_offloaded_modules(tmp_path, family):
+    """Taps that rebuild a module's output from its weights (hook_result, a norm's points) read
+    them when accelerate has offloaded that module (its weights are on "meta" again by the time
+    a forward hook runs): writes give the in-memory model's logits."""
+    from workbench import Bridge
+    from workbench.toy import tiny_model, tiny_tokenizer
+
+    folder, offload = tmp_path / "model", tmp_path / "offload"
+    tiny_model(family, n_layers=2, **({"tie_word_embeddings": False} if family == "gpt2" else {})
+               ).save_pretrained(folder)
+    tiny_tokenizer(family).save_pretrained(folder)
+    whole = Bridge.from_pretrained(str(folder))
+    spread = Bridge.from_pretrained(str(folder), device_map=OFFLOAD_MAPS[family],
+                                    offload_folder=str(offload))
+    hooks = [("blocks.1.attn.hook_result", lambda act, hook: act * 0.5),
+             ("ln_final.hook_normalized", lambda act, hook: act * 1.5),
+             ("blocks.1.ln1.hook_scale", lambda act, hook: act * 2.0)]
+    with torch.no_grad():
+        got, want = (b.run_with_hooks(PROMPT, fwd_hooks=hooks) for b in (spread, whole))
+        assert not torch.equal(want, whole(PROMPT))  # the writes change the logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

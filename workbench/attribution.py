@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .adapters import norm_weight
+from .adapters import live_param, norm_weight
 from .errors import InputError
 from .results import dataframe, decode, encode_input, last_positions, need_logits, non_finite_error, token_ids
 
@@ -110,12 +110,18 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
         pos = torch.full((batch,), position % n_pos, device=enc.tokens.device)
     logits, cache = bridge.run_with_cache(enc.tokens, attention_mask=enc.attention_mask)
     rows = torch.arange(batch, device=pos.device)
-    final = logits[rows, pos].float()  # [batch, d_vocab]
+    dev = pos.device  # where the parts meet: under a device_map each layer's are on its device
+
+    def at(t: torch.Tensor) -> torch.Tensor:
+        """``t [batch, pos, ...]`` at each prompt's position, ``[batch, ...]`` (on t's device)."""
+        return t[rows.to(t.device), pos.to(t.device)]
+
+    final = at(logits).float().to(dev)  # [batch, d_vocab]
     c = bridge.cfg
     if c.output_logits_soft_cap is not None or c.logit_multiplier != 1.0:  # the linear logits
-        resid = cache["resid_post", c.n_layers - 1][rows, pos]
+        resid = at(cache["resid_post", c.n_layers - 1])
         ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
-        final = bridge.model.get_submodule(bridge.adapter.unembed)(ln_final(resid)).float()
+        final = bridge.model.get_submodule(bridge.adapter.unembed)(ln_final(resid)).float().to(dev)
     logit_diff = final[rows, ans] - (final[rows, bad] if bad is not None else 0)
     if not bool(torch.isfinite(logit_diff).all()):
         raise non_finite_error(bridge, "Direct logit attribution's logit difference")
@@ -123,18 +129,20 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
     parts, labels, kinds, layers, heads = [], [], [], [], []
     for name in ("hook_embed", "hook_pos_embed"):
         if name in cache:
-            parts.append(cache[name][rows, pos])
+            parts.append(at(cache[name]).to(dev))
             labels.append(name[5:])
             kinds.append("embed"), layers.append(-1), heads.append(-1)
     b_O, ctx = bridge.b_O, cache.context
     for L in range(c.n_layers):
-        z = cache["z", L][rows, pos]  # [batch, heads, d_head]
-        head_out = torch.einsum("bhd,hdm->hbm", z, ctx.W_O(L).to(z.dtype))  # [heads, batch, d_model]
-        bias_out = b_O[L].to(z.dtype).expand(batch, -1)
+        z = at(cache["z", L])  # [batch, heads, d_head], on layer L's device
+        w_o = ctx.W_O(L).to(z.device, z.dtype)
+        head_out = torch.einsum("bhd,hdm->hbm", z, w_o)  # [heads, batch, d_model]
+        bias_out = b_O[L].to(z.device, z.dtype).expand(batch, -1)
         # as the residual stream receives them (Gemma 2's post-norm, scale frozen; Granite's r)
         name = ctx.post_norm_scale_name(L)
-        scale = None if name is None else cache[name][rows, pos]  # [batch, 1]
+        scale = None if name is None else at(cache[name])  # [batch, 1]
         head_out, bias_out = ctx.attn_written(L, head_out, scale), ctx.attn_written(L, bias_out, scale)
+        head_out, bias_out = head_out.to(dev), bias_out.to(dev)
         parts.extend(head_out.unbind(0))
         labels += [f"L{L}H{h}" for h in range(c.n_heads)]
         kinds += ["head"] * c.n_heads
@@ -142,22 +150,30 @@ def direct_logit_attribution(bridge: Bridge, input: Any, answer: Any, wrong: Any
         heads += list(range(c.n_heads))
         parts.append(bias_out)
         labels.append(f"L{L} attn bias"), kinds.append("attn_bias"), layers.append(L), heads.append(-1)
-        parts.append(cache["mlp_out", L][rows, pos])
+        parts.append(at(cache["mlp_out", L]).to(dev))
         labels.append(f"L{L} mlp"), kinds.append("mlp"), layers.append(L), heads.append(-1)
     stack = torch.stack(parts).float()  # [components, batch, d_model]
-    scale = cache["ln_final.hook_scale"][rows, pos].float()  # [batch, 1]
+    scale = at(cache["ln_final.hook_scale"]).float().to(dev)  # [batch, 1]
     if c.normalization_type.startswith("LN"):
         stack = stack - stack.mean(-1, keepdim=True)
-    W_U, b_U = bridge.W_U.float(), bridge.b_U.float()
-    direction = W_U[:, ans].T - (W_U[:, bad].T if bad is not None else 0)  # [batch, d_model]
-    constant = b_U[ans] - (b_U[bad] if bad is not None else 0)  # [batch]
+    W_U, b_U = bridge.W_U, bridge.b_U  # on the unembedding's device: only the tokens' columns move
+
+    def unembed(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_U[:, ids].T [batch, d_model], b_U[ids] [batch])`` in float32 on ``dev``."""
+        i = ids.to(W_U.device)
+        return W_U[:, i].T.float().to(dev), b_U[i].float().to(dev)
+
+    direction, constant = unembed(ans)  # [batch, d_model], [batch]
+    if bad is not None:
+        bad_direction, bad_constant = unembed(bad)
+        direction, constant = direction - bad_direction, constant - bad_constant
     ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
-    ln_bias = getattr(ln_final, "bias", None)
+    ln_bias = live_param(ln_final, "bias")
     if ln_bias is not None:  # the norm's bias goes straight into the unembedding
-        constant = constant + direction @ ln_bias.float()
+        constant = constant + direction @ ln_bias.float().to(dev)
     ln_w = norm_weight(bridge.adapter, ln_final)
     if ln_w is not None:
-        direction = direction * ln_w.float()
+        direction = direction * ln_w.float().to(dev)
     values = ((stack / scale) * direction).sum(-1)  # [components, batch]
     return DirectLogitAttribution(
         labels=labels, kinds=kinds, layers=layers, heads=heads, values=values.cpu(),

@@ -122,7 +122,8 @@ def _cells(site: Site, src: torch.Tensor, act: torch.Tensor, grad: torch.Tensor 
     ``[batch, heads, q_pos, k_pos]``); ``pairs [n_pairs, 2]`` (source pos, patched pos)."""
     if grad is None:  # the activation does not reach the metric
         grad = torch.zeros_like(act)
-    sp, pp = pairs[:, 0], pairs[:, 1]
+    sp, pp = pairs[:, 0].to(act.device), pairs[:, 1].to(act.device)  # (act: its layer's device)
+    src = src.to(act.device)
     if site.kind == "pattern":
         d = (src[:, :, sp].float() - act[:, :, pp].float()) * grad[:, :, pp].float()  # [b, h, n, k]
         out = d.sum((2, 3)) if site.index == "head" else d.sum(-1)  # [b, h] / [b, h, n]
@@ -177,8 +178,8 @@ def attribution_sweep(bridge: Bridge, clean: Any, corrupted: Any, *, site: str,
     pair_t = prompts.pair_tensor
     with torch.no_grad():
         delta = torch.stack([_cells(spec, src_cache[spec.hook(L)], acts[spec.hook(L)],
-                                    grads.get(spec.hook(L)), pair_t, head_list)
-                             for L in layer_list]).cpu()
+                                    grads.get(spec.hook(L)), pair_t, head_list).cpu()
+                             for L in layer_list])  # (each layer's on its own device, then here)
     per_prompt = delta + base_per.cpu()
     values = per_prompt.mean(-1)
     exact_values = correlation = None

@@ -46,9 +46,9 @@ class CacheContext:
             norm = self.attn_post_norms[layer]
             if self.normalization_type == "LN":
                 x = x - x.mean(-1, keepdim=True)
-            x = x / scale.to(x.dtype)
+            x = x / scale.to(x.device, x.dtype)
             w = norm_factor(norm, self.norm_weight_offset)
-            x = x if w is None else x * w.to(x.dtype)
+            x = x if w is None else x * w.to(x.device, x.dtype)
         return x * self.residual_multiplier if self.residual_multiplier != 1.0 else x
 
     def post_norm_scale_name(self, layer: int) -> str | None:
@@ -63,6 +63,13 @@ class CacheContext:
     def W_O(self, layer: int) -> torch.Tensor:
         """``[n_heads, d_head, d_model]`` of one layer."""
         return split_out_proj(live_param(self.o_projs[layer]), self.o_layout, self.n_heads, self.d_head)
+
+
+def _stack(parts: list[torch.Tensor], cat: bool = False) -> torch.Tensor:
+    """``torch.stack`` (or ``cat``) of tensors that may live on several devices (layers of a model
+    spread by a ``device_map``), gathered on the first one's device."""
+    parts = [t.to(parts[0].device) for t in parts]
+    return torch.cat(parts) if cat else torch.stack(parts)
 
 
 def _pos(t: torch.Tensor, pos_slice, dim: int = -2) -> torch.Tensor:
@@ -154,7 +161,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def stack_activation(self, name: str) -> torch.Tensor:
         """``[n_layers, ...]``: one short-named activation (e.g. "resid_post") of every layer."""
-        return torch.stack([self[name, layer] for layer in range(self.n_layers)])
+        return _stack([self[name, layer] for layer in range(self.n_layers)])
 
     # -- residual-stream decompositions (TransformerLens conveniences) ----------------------
     def _layer_arg(self, layer: int | None) -> int:
@@ -186,7 +193,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if layer == self.n_layers:
             parts.append(self["resid_post", self.n_layers - 1])
             labels.append("final_post")
-        return self._finish(torch.stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+        return self._finish(_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
                             return_labels)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
@@ -212,7 +219,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             if mode in ("all", "mlp") and L < layer:
                 parts.append(self["mlp_out", L])
                 labels.append(f"{L}_mlp_out")
-        return self._finish(torch.stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+        return self._finish(_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
                             return_labels)
 
     def stack_head_results(self, layer: int | None = None, return_labels: bool = False,
@@ -246,10 +253,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             result = result.movedim(-2, 0)  # [heads, batch, pos, d_model]
             parts.append(result)
             labels += [f"L{L}H{h}" for h in range(result.shape[0])]
-        stack = torch.cat(parts) if parts else torch.empty(0)
+        stack = _stack(parts, cat=True) if parts else torch.empty(0)
         if incl_remainder:
             total = (self["resid_post", layer - 1] if layer == self.n_layers
                      else self["resid_pre", layer])
+            total = total.to(stack.device) if parts else total
             stack = torch.cat([stack, (total - stack.sum(0))[None]])
             labels.append("remainder")
         return self._finish(stack, labels, layer, apply_ln, False, pos_slice, return_labels)
@@ -278,7 +286,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
                     "no scale to apply. Use apply_ln=False, or the final norm (layer=None).")
             ln = "ln2" if mlp_input and f"blocks.{layer}.ln2.hook_scale" in self else "ln1"
             scale = self["scale", layer, ln]  # one norm feeding both has ln1 only (Phi)
-        scale = _pos(scale, pos_slice)
+        scale = _pos(scale, pos_slice).to(residual_stack.device)
         stack = residual_stack
         if self._ctx("apply_ln_to_stack").normalization_type == "LN":
             stack = stack - stack.mean(-1, keepdim=True)

@@ -30,7 +30,8 @@ from .results import dataframe
 def _patterns(bridge, tokens: torch.Tensor) -> torch.Tensor:
     """``[n_layers, batch, head, q, k]`` attention patterns of ``tokens`` (``[batch, pos]``)."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(bridge.cfg.n_layers)]
-    _, cache = bridge.run_with_cache(tokens, names_filter=names)
+    # gathered on the embedding's device (under a device_map each layer's pattern is on its own)
+    _, cache = bridge.run_with_cache(tokens, names_filter=names, device=bridge.cfg.device)
     return torch.stack([cache[n].float() for n in names])
 
 

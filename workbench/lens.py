@@ -116,10 +116,11 @@ def logit_lens(bridge: Bridge, input: Any, *, sites: str | tuple[str, ...] = "re
     ln_final = bridge.model.get_submodule(bridge.adapter.ln_final)
     unembed = bridge.model.get_submodule(bridge.adapter.unembed)
     tgt = None if target is None else int(token_ids(bridge, target, 1, "target")[0])
-    pos_idx = torch.tensor(positions, device=bridge.cfg.device)
     tops, probs, ents, t_prob, t_lp, t_rank = [], [], [], [], [], []
     for name, _, _ in names:
-        resid = cache[name][0, pos_idx]  # [positions, d_model]
+        # (a list index: under a device_map each layer's residual is on its own device, which
+        # accelerate's hooks on the final norm and the unembedding move it from)
+        resid = cache[name][0, positions]  # [positions, d_model]
         logits = bridge.cfg.finish_logits(unembed(ln_final(resid)))
         logp = torch.log_softmax(logits.float(), dim=-1)  # [positions, d_vocab]
         top = logp.topk(k, dim=-1)

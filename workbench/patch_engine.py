@@ -153,8 +153,8 @@ def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int, heads: 
     the hidden states' rows."""
     def hook(mod, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if extra is not None:
-            hidden = torch.cat([hidden, extra.to(hidden.dtype)])
+        if extra is not None:  # (hidden comes from the block before, maybe on another device)
+            hidden = torch.cat([hidden, extra.to(hidden.device, hidden.dtype)])
         rows = hidden.shape[0]
         rest = tuple(_grow_rows(a, first_rows, rows, period, heads) for a in args[1:])
         kw = {k: _grow_rows(v, first_rows, rows, period, heads) for k, v in kwargs.items()
@@ -165,7 +165,7 @@ def _join_hook(extra: torch.Tensor | None, first_rows: int, period: int, heads: 
 
 @contextlib.contextmanager
 def _skipping(plan: PatchPlan, L0: int, P0: int, joining: dict[int, int],
-              keep: torch.Tensor | None) -> Iterator[None]:
+              keep: list[int] | None) -> Iterator[None]:
     """For one forward: run blocks ``L0..`` only, from the cached residual, with ``joining[L]``
     cells' rows joining at layer ``L`` (``L0`` included), over positions ``P0..`` with the cached
     prefix keys/values, unembedding ``keep`` only."""
@@ -218,7 +218,9 @@ def run_chunk(plan: PatchPlan, chunk: list[Cell]) -> torch.Tensor:
     chunk's order). Rows are laid out by layer (cells joining later come later)."""
     B, site = plan.batch, plan.site
     L0, P0 = chunk_start(plan, chunk)
-    keep = None if plan.read is None else torch.tensor([r - P0 for r in plan.read])
+    # a list, not a tensor: accelerate moves a tensor argument to the first device of a
+    # device_map, where it cannot index the last block's output on another GPU
+    keep = None if plan.read is None else [r - P0 for r in plan.read]
     if plan.resid is not None:
         order = sorted(range(len(chunk)), key=lambda i: chunk[i].layer)  # stable
         joining = dict(Counter(c.layer for c in chunk))

@@ -187,8 +187,8 @@ def same_mask(site: Site, base: torch.Tensor, src: torch.Tensor, pairs: torch.Te
     there changes nothing. ``base`` / ``src``: one layer's activation of the two runs (full
     length); ``pairs [n_pairs, 2]`` (source pos, base pos). Returns ``[n_pairs]`` (residual-like
     sites) or ``[n_pairs, n_heads]`` (head and pattern sites), bool."""
-    sp, pp = pairs[:, 0].to(src.device), pairs[:, 1].to(base.device)
-    src = src.to(base.device, base.dtype)
+    sp, pp = pairs[:, 0].to(base.device), pairs[:, 1].to(base.device)
+    src = src.to(base.device, base.dtype)  # (sp indexes src once it is on base's device)
     if site.kind in ("resid", "head"):  # [b, pos, d] -> [n_pairs]; [b, pos, h, d] -> [n_pairs, h]
         return (src[:, sp] == base[:, pp]).all(-1).all(0)
     return (src[:, :, sp] == base[:, :, pp]).all(-1).all(0).T  # pattern [b, h, q, k]

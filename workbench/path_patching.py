@@ -188,11 +188,12 @@ def _run_groups(s: _Setup, groups: list[list[Head]], receivers: list[Head] | Non
     sp, pp = s.pairs[:, 0], s.pairs[:, 1]
 
     def freeze(layer: int):
-        z = s.base_z[layer].repeat(C, 1, 1, 1)
+        z = s.base_z[layer].repeat(C, 1, 1, 1)  # on this layer's device (several under a device_map)
+        src, at_src, at_base = s.src_z[layer].to(z.device), sp.to(z.device), pp.to(z.device)
         for slot, group in enumerate(groups):
             for L, h in group:
                 if L == layer:
-                    z[slot * B:(slot + 1) * B, pp, h] = s.src_z[layer][:, sp, h].to(z.dtype)
+                    z[slot * B:(slot + 1) * B, at_base, h] = src[:, at_src, h].to(z.dtype)
         return lambda act, hook: z
 
     tokens = s.base.repeat(C, 1)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import Adapter, optional_module, split_out_proj
+from .adapters import Adapter, live_param, optional_module, split_out_proj
 from .attention import AttentionSite, register_site
 from .config import BridgeConfig
 from .family_taps import Rows, halves_tap, router_tap, rows_tap
@@ -129,12 +129,23 @@ def _pre_tap(module: nn.Module, point: HookPoint) -> Tap:
     return Tap(module, "pre", fn)
 
 
+def _param(mod: nn.Module, name: str) -> torch.Tensor | None:
+    """``mod``'s parameter ``name`` as its forward used it: the parameter itself, or, where
+    accelerate offloaded it (on "meta" again once the module's own forward returned), a loaded
+    copy (see :func:`~workbench.adapters.live_param`)."""
+    p = getattr(mod, name, None)
+    return live_param(mod, name) if p is not None and p.is_meta else p
+
+
 def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: HookPoint,
               norm_p: HookPoint) -> Tap:
     """Recompute a norm's ``hook_scale [b, p, 1]`` / ``hook_normalized [b, p, d]`` from its input
-    (fp32 math; one fused kernel for LayerNorm)."""
+    (fp32 math; one fused kernel for LayerNorm), on the device of the norm's output."""
     def fn(mod, args, kwargs, output):
         x, _ = _first_arg(args, kwargs)
+        # a forward hook sees the input as the caller passed it: under a device_map it may still
+        # be on the previous module's device (accelerate moves it inside the forward)
+        x = x.to(_main(output).device)
         x32 = x.float()
         if kind == "LN" and not scale_p.bwd:
             normalized32, _, rstd = torch.native_layer_norm(x32, x32.shape[-1:], None, None, eps)
@@ -155,9 +166,9 @@ def _norm_tap(module: nn.Module, kind: str, eps: float, offset: float, scale_p: 
         new_norm = norm_p.fire(normalized)
         if new_scale is scale and new_norm is normalized and not (scale_p.bwd or norm_p.bwd):
             return None  # read-only: keep HF's own output bit for bit
-        weight = getattr(mod, "weight", None)
+        weight = _param(mod, "weight")
         out = new_norm if weight is None else new_norm * (weight + offset if offset else weight)
-        bias = getattr(mod, "bias", None)
+        bias = _param(mod, "bias")
         return out + bias if bias is not None else out
     return Tap(module, "post", fn, first=True)  # before a tap reading the norm's output
 
@@ -176,13 +187,15 @@ def _result_tap(module: nn.Module, cfg: BridgeConfig, layout: str, point: HookPo
 
     def fn(mod, args, kwargs, output):
         z, _ = _first_arg(args, kwargs)  # [b, p, h*d]
-        w_o = split_out_proj(mod.weight, layout, h, d)
+        z = z.to(_main(output).device)  # (as passed in: see _norm_tap)
+        w_o = split_out_proj(_param(mod, "weight"), layout, h, d)
         result = torch.einsum("bphd,hdm->bphm", z.reshape(*z.shape[:-1], h, d), w_o)
         new = point.fire(result)
         if new is result and not point.bwd:
             return None
         out = new.sum(-2)  # (also when a backward function waits on the result)
-        return out + mod.bias if getattr(mod, "bias", None) is not None else out
+        bias = _param(mod, "bias")
+        return out + bias if bias is not None else out
     return Tap(module, "post", fn, first=True)  # before hook_attn_out where it reads this module
 
 

@@ -22,8 +22,8 @@ Shapes (row-vector convention, ``x @ W``; ``L`` layers, ``H`` query heads, ``D``
 ``QK``     ``FactoredMatrix [L, H, D, D]``      ``W_Q @ W_K^T``; ``OV``: ``W_V @ W_O``
 =========  ===================================  =====================================================
 
-Stacked weights are fresh tensors (detached); ``W_E``/``W_U`` are views of the live parameters
-(except a scaled ``W_E``).
+Stacked weights are fresh tensors (detached), on the first layer's device when a ``device_map``
+spreads the layers; ``W_E``/``W_U`` are views of the live parameters (except a scaled ``W_E``).
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def _expand(t: torch.Tensor, bridge: Bridge) -> torch.Tensor:
 
 
 def _stack(bridge: Bridge, fn: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    return torch.stack([fn(layer) for layer in range(bridge.cfg.n_layers)])
+    """``[n_layers, ...]`` of ``fn(layer)``, on the first layer's device (a ``device_map`` may
+    spread the layers over several)."""
+    parts = [fn(layer) for layer in range(bridge.cfg.n_layers)]
+    return torch.stack([t.to(parts[0].device) for t in parts])
 
 
 def _attn(bridge: Bridge, key: str, bias: bool) -> torch.Tensor:
