@@ -33,6 +33,9 @@ CELLS = [
     "wb.patching.wait(timeout=120)\nwb",
     f"markup = AttentionPanel(bridge, {MARKUP!r}, layer=1)\nmarkup",
     "from widgets import HookPicker\nsolo = HookPicker(bridge)  # no prompt yet\nsolo",
+    # a long prompt (8 x 15 tokens): the lens scrolls sideways instead of shrinking its cells
+    "from widgets import LogitLensPanel\n"
+    f"long_lens = LogitLensPanel(bridge, {' '.join([CLEAN] * 8)!r})\nlong_lens",
 ]
 PANELS = harness.PANELS
 

@@ -24,7 +24,8 @@ import nbformat
 
 PROOF = Path(os.environ.get("BROWSER_PROOF_DIR", Path(tempfile.gettempdir()) / "browser-proof"))
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-PANELS = ("hooks", "attention", "logit_lens", "composition", "patching", "generation", "markup", "solo_hooks")
+PANELS = ("hooks", "attention", "logit_lens", "composition", "patching", "generation", "markup", "solo_hooks",
+          "long_lens")
 
 SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings":

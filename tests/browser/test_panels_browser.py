@@ -6,6 +6,7 @@ The Python side is checked through what only Python writes: the Workbench's sele
 panel's "copy as code" text, cached shapes, the patching result's label.
 """
 
+import json
 import re
 
 from playwright.sync_api import expect
@@ -79,6 +80,23 @@ def test_logit_lens_hover_click_and_error(page):
     target.fill("")
     target.press("Enter")
     shoot(p, "logit_lens")
+
+
+def test_a_long_prompt_scrolls_instead_of_shrinking_the_lens(page):
+    """Over a hundred positions: the lens keeps its cells wide enough for their top-1 token and
+    scrolls sideways; the last position, scrolled to, answers a hover with its own top-k."""
+    p = panel(page, "long_lens")
+    canvas = p.locator("canvas.wb-heatmap")
+    expect(canvas).to_be_visible(timeout=T)
+    g = json.loads(canvas.get_attribute("data-grid"))
+    assert g["cols"] > 100 and g["cw"] >= 28 and g["ch"] >= 14, g
+    wrap = p.locator(".wb-heatmap-wrap")
+    assert wrap.evaluate("e => e.scrollWidth > e.clientWidth + 1000")
+    wrap.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+    last = {"x": g["x0"] + (g["cols"] - 0.5) * g["cw"], "y": g["y0"] + (g["rows"] - 0.5) * g["ch"]}
+    canvas.hover(position=last)
+    expect(p.locator(".wb-tip")).to_contain_text(f"pos {g['cols'] - 1}  ' to'", timeout=T)
+    shoot(p, "logit_lens_long")
 
 
 def test_composition_click_opens_both_heads(page):

@@ -162,7 +162,8 @@ function matrixImage(values, rows, cols, colour) {
  * heatmap(opts) -> {el, canvas, draw(newOpts), highlight(r, c)}
  * opts: rows, cols, values (Float32Array rows*cols), kind ("seq"|"div"), vmin, vmax,
  *   rowLabels, colLabels, cellText(r, c) -> string|null, cell (px), onHover(r, c, ev),
- *   onClick(r, c, ev), title
+ *   onClick(r, c, ev), title, minW / minH (px: cells never narrower / lower, so labels and cell
+ *   text stay readable on long prompts; the heatmap then scrolls, up to 16000 x 8000 px)
  */
 function heatmap(opts) {
   const canvas = h("canvas", { class: "wb-heatmap" });
@@ -178,8 +179,10 @@ function heatmap(opts) {
     ctx0.font = "11px sans-serif";
     const labelW = Math.min(160, Math.max(24, ...(o.rowLabels || []).map((s) => ctx0.measureText(tokenText(s)).width + 8)));
     const labelH = Math.min(120, Math.max(18, ...(o.colLabels || []).map((s) => ctx0.measureText(tokenText(s)).width + 8)));
-    const cw = Math.max(2, Math.min(o.cell, Math.floor(900 / Math.max(1, cols))));
-    const ch = Math.max(2, Math.min(o.cell, Math.floor(700 / Math.max(1, rows))));
+    const fit = (n, room, least, most) =>  // fit `room` px; at least `least` px (within `most` px)
+      Math.max(2, Math.min(o.cell, Math.floor(room / Math.max(1, n))),
+        Math.min(least || 0, o.cell, Math.floor(most / Math.max(1, n))));
+    const cw = fit(cols, 900, o.minW, 16000), ch = fit(rows, 700, o.minH, 8000);
     const dpr = window.devicePixelRatio || 1;
     const W = labelW + cols * cw + 60, H = labelH + rows * ch + 8;
     canvas.width = W * dpr; canvas.height = H * dpr;

@@ -105,7 +105,8 @@ function render({ model, el }) {
     if (!view) return;
     const [R, P] = view.shape;
     const { by, values, vmin, vmax } = colourValues();
-    const opts = { rows: R, cols: P, values, kind: "seq", vmin, vmax, cell: 40,
+    // long prompts scroll sideways rather than shrink the cells past their top-1 text
+    const opts = { rows: R, cols: P, values, kind: "seq", vmin, vmax, cell: 40, minW: 28, minH: 14,
       rowLabels: view.rows, colLabels: view.strTokens,
       cellText: (r, c) => view.topStrs[r][c][0], onHover, onClick };
     if (hm) hm.draw(opts); else { hm = heatmap(opts); host.replaceChildren(hm.el); }
