@@ -43,6 +43,7 @@ from widgets import AttentionPanel, CompositionPanel, HookPicker, LogitLensPanel
 from widgets._base import model_lock
 from workbench import (
     Bridge,
+    CellPatcher,
     HookNameError,
     HookShapeError,
     InputError,
@@ -418,6 +419,9 @@ API = [
          lambda env: patch_cell(env.demo, CLEAN, CORRUPTED, site="resid_pre", layer=1, position=50,
                                 metric=env.metric()),
          InputError, (r"Position 50 does not exist", r"0\.\.14 \(or -15\.\.-1")),
+    Case("cell_patcher_lengths_differ",  # at construction, not at the first click
+         lambda env: CellPatcher(env.demo, CLEAN, SHORT, metric=env.metric()),
+         InputError, (r"different lengths \(15 vs 9 tokens\)", r"Make them the same length")),
     Case("patch_attribution_lengths_differ",
          lambda env: attribution_sweep(env.demo, CLEAN, SHORT, site="resid_pre", metric=env.metric()),
          InputError, (r"different lengths \(15 vs 9 tokens\)", r"Make them the same length")),

@@ -34,7 +34,7 @@ from .metrics import Metric, as_metric
 from .patch_engine import run_cells
 from .patch_result import position_labels
 from .patch_sites import Cell, Site, check_heads, check_layers, resolve_site
-from .patching import Prepared, prepare_patching
+from .patching import Prepared, patch_prompts, prepare_patching
 from .results import dataframe, decode
 
 if TYPE_CHECKING:
@@ -165,6 +165,8 @@ class CellPatcher:
                  metric: Metric | Callable[[torch.Tensor], torch.Tensor], direction: str = "denoise",
                  positions: Mapping[int, int] | None = None, k: int = 10, by: str = "logprob") -> None:
         _check_options(direction, k, by)
+        # the prompts and their alignment now, not at the first click (tokenizing only)
+        patch_prompts(bridge, clean, corrupted, direction, positions, resolve_site(bridge, "resid_pre", None))
         self.bridge, self.clean, self.corrupted = bridge, clean, corrupted
         self.metric, self.direction, self.positions = as_metric(metric), direction, positions
         self.k, self.by = k, by
