@@ -310,3 +310,23 @@ def test_auto_memory_budget_is_the_memory_free_where_the_cache_goes(folder, monk
     assert len(bridge.run_with_cache(TOKENS, memory_budget="auto", device="cpu")[1]) > 0
     with pytest.raises(InputError, match="'auto' for the free memory"):
         bridge.run_with_cache(TOKENS, memory_budget="all")
+
+
+def test_patching_batches_fit_the_fullest_gpu_of_a_spread_model(folder, monkeypatch):
+    """The automatic batch size of a sweep on a model spread over GPUs takes half the free memory
+    of the fullest one (each holds its layers' share of a pass), not of the first one's. (No GPU
+    here: the devices and their free memory are stood in for.)"""
+    from types import SimpleNamespace
+
+    from workbench import memory
+    from workbench.patch_engine import auto_batch_size, bytes_per_cell
+
+    bridge = Bridge.from_pretrained(str(folder))
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    free = {gpus[0]: 40 << 30, gpus[1]: 4 << 30}
+    monkeypatch.setattr(bridge, "_cache_devices", lambda device: gpus)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free[torch.device(device)])
+    tokens = SimpleNamespace(device=gpus[0], shape=(1, 512), numel=lambda: 512)
+    plan = SimpleNamespace(bridge=bridge, base_tokens=tokens, read=None, batch=1,
+                           site=SimpleNamespace(name="resid_pre"))
+    assert auto_batch_size(plan) == (2 << 30) // bytes_per_cell(plan)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
+from . import memory
 from .errors import WorkbenchError
 from .hf_compat import cache_kwarg
 from .metrics import Metric, check_output
@@ -298,13 +299,15 @@ CPU_TOKENS = 1536
 
 def auto_batch_size(plan: PatchPlan, budget: int | None = None) -> int:
     """Cells per forward pass that fit ``budget`` bytes (default: 1 GiB on CPU, half the free
-    memory of a CUDA device). On CPU also at most ``CPU_TOKENS`` tokens per pass: bigger passes
-    gain no throughput there, and smaller chunks let more of the work be skipped."""
+    memory of a CUDA device: of the fullest one when a ``device_map`` spreads the model, as every
+    device holds its layers' share of the pass). On CPU also at most ``CPU_TOKENS`` tokens per
+    pass: bigger passes gain no throughput there, and smaller chunks let more of the work be
+    skipped."""
     device = plan.base_tokens.device
     if budget is None:
         if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = free // 2
+            gpus = [d for d in plan.bridge._cache_devices(None) if d.type == "cuda"] or [device]
+            budget = min(memory.available_bytes(d) for d in gpus) // 2
         else:
             budget = 1 << 30
     cells = int(budget // bytes_per_cell(plan))
