@@ -92,3 +92,36 @@ def test_other_panels_wait_for_a_running_sweep(wb):
     assert wb.patching.wait(timeout=60) is not None
     front_end_sets(wb.logit_lens, error="", sites=["resid_mid"])
     assert wb.logit_lens.error == "" and wb.logit_lens.result.sites == ["resid_mid"] * wb.bridge.cfg.n_layers
+
+
+def test_every_panel_works_on_a_bfloat16_model(comm):
+    """A half-precision model (as GPU users load theirs): every panel builds, answers its
+    browser's requests, sweeps, generates and explains a step, with no error shown."""
+    from widget_comm import reply
+
+    from workbench import Bridge
+
+    half = Bridge.from_pretrained("workbench-demo", dtype=torch.bfloat16)
+    wb = Workbench(half, CLEAN, corrupted=CORRUPTED, answer=" Mary", wrong=" John")
+    wb.patching.wait(timeout=120)  # the attribution estimate, in the background
+    front_end_sends(wb.patching, {"type": "action", "name": "run", "args": {}})
+    result = wb.patching.wait(timeout=120)
+    assert result is not None and torch.isfinite(result.values).all()
+    assert result.values.shape[0] == half.cfg.n_layers and result.values.abs().max() > 0
+    for panel, request in ((wb.attention, {"kind": "head", "layer": 1, "head": 2}),
+                           (wb.attention, {"kind": "thumbs", "layer": 0}),
+                           (wb.logit_lens, {"kind": "lens", "version": wb.logit_lens.version}),
+                           (wb.composition, {"kind": "scores", "version": wb.composition.version})):
+        meta, buffers = reply(panel, request)
+        assert "error" not in meta and buffers, (type(panel).__name__, meta)
+    front_end_sets(wb.hooks, hooks=["blocks.1.attn.hook_pattern", "blocks.2.hook_resid_post"])
+    assert wb.hooks.cache["blocks.1.attn.hook_pattern"].dtype == torch.bfloat16
+    front_end_sends(wb.generation, {"type": "action", "name": "generate", "args": {}})
+    assert wb.generation.wait(timeout=120) and wb.generation.generated
+    front_end_sets(wb.generation, picked=1, layer=2)  # a click on the second token
+    view = wb.generation.step_view
+    assert [r["layer"] for r in view["lens"]] == list(range(half.cfg.n_layers))
+    meta, buffers = reply(wb.generation, {"kind": "step_attention", "index": 1, "layer": 2,
+                                          "run": view["run"]})
+    assert "error" not in meta and buffers
+    assert [p.error for p in wb.panels.values()] == [""] * 6
