@@ -239,3 +239,31 @@ def test_steering_checks_its_vector(demo):
         Steering.from_prompts(demo, "blocks.0.hook_resid_pre", "Mary", ["John"])
     with pytest.raises(Exception, match="hook_resid_pree|Unknown|unknown"):
         Steering.from_vector(demo, "blocks.0.hook_resid_pree", torch.ones(128))
+
+
+def test_steering_at_a_per_head_point_keeps_each_head_its_own_direction(demo):
+    """At ``hook_z`` the difference of means is ``[n_heads, d_head]`` (heads have unrelated
+    bases: one head's direction means nothing in another's), computed per head as a brute-force
+    mean; a ``[d_head]`` vector still goes to every head."""
+    name, pos, neg = "blocks.2.attn.hook_z", ["When Mary and John", "Mary went"], ["The cat sat"]
+    steer = Steering.from_prompts(demo, name, pos, neg)
+    c = demo.cfg
+    assert steer.vector.shape == (c.n_heads, c.d_head)
+
+    def last(prompts):  # [n_heads, d_head]: the mean over prompts of each one's last position
+        acts = [demo.run_with_cache(p, names_filter=[name])[1][name][0, -1] for p in prompts]
+        return torch.stack(acts).mean(0)
+    delta = last(pos) - last(neg)
+    torch.testing.assert_close(steer.vector, delta)
+    assert not torch.allclose(delta, delta.mean(0).expand_as(delta))  # heads do differ
+    with torch.no_grad():
+        steered = demo.run_with_hooks("The dog ran", fwd_hooks=[steer.hook])
+        by_hand = demo.run_with_hooks("The dog ran", fwd_hooks=[(name, lambda act, hook: act + delta)])
+        shared = demo.run_with_hooks("The dog ran", fwd_hooks=[
+            Steering.from_vector(demo, name, torch.ones(c.d_head)).hook])
+        one_each = demo.run_with_hooks("The dog ran", fwd_hooks=[
+            Steering.from_vector(demo, name, torch.ones(c.n_heads, c.d_head)).hook])
+    torch.testing.assert_close(steered, by_hand)
+    torch.testing.assert_close(shared, one_each)
+    with pytest.raises(InputError, match=r"shape \[16\] or \[8, 16\]"):
+        Steering.from_vector(demo, name, torch.ones(c.n_heads + 1, c.d_head))

@@ -6,10 +6,11 @@ fwd_hooks=[s.hook])``), a generation (``bridge.generate(..., fwd_hooks=[s.hook])
 every step adds it to the new position) and a patching experiment (``with
 bridge.hooks(fwd_hooks=[s.hook]): patch_sweep(...)``: every run of the sweep is steered).
 
-The vector is added along the activation's last dimension at every position (and every head,
-for per-head points such as ``hook_z``): ``d_model`` for residual points, ``d_head`` for
-``hook_z``, ``d_mlp`` for ``mlp.hook_post``. :meth:`Steering.from_prompts` builds it as a
-difference of means of cached activations between two sets of prompts.
+The vector is added at every position: ``[d_model]`` for residual points, ``[d_mlp]`` for
+``mlp.hook_post``; at per-head points such as ``hook_z``, either ``[n_heads, d_head]`` (one
+direction per head) or ``[d_head]`` (the same added to every head).
+:meth:`Steering.from_prompts` builds it as a difference of means of cached activations between
+two sets of prompts, per head at per-head points.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Steering:
-    """``vector [d]`` (float32, CPU; moved to each activation's device and dtype when added),
-    added ``scale`` times at ``name``."""
+    """``vector`` (``[d]``, or ``[n_heads, d_head]`` at a per-head point; float32, CPU; moved to
+    each activation's device and dtype when added), added ``scale`` times at ``name``."""
 
     name: str
     vector: torch.Tensor
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.vector, torch.Tensor) or self.vector.ndim != 1:
+        if not isinstance(self.vector, torch.Tensor) or self.vector.ndim not in (1, 2):
             v = self.vector
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise InputError(f"Steering vector: expected a 1-D tensor [d], got {got}.")
+            raise InputError(f"Steering vector: expected a tensor [d] (or [n_heads, d_head] at a per-head "
+                             f"point), got {got}.")
         if not bool(torch.isfinite(self.vector).all()):
             raise InputError("Steering vector has NaN or infinite entries; build it from finite activations.")
         if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool):
@@ -47,12 +49,18 @@ class Steering:
 
     @classmethod
     def from_vector(cls, bridge: Bridge, name: str, vector: torch.Tensor, scale: float = 1.0) -> Steering:
-        """Steer ``name`` by ``vector [d]``, checked against the point's last dimension."""
-        size = _last_size(bridge, name)
-        vector = torch.as_tensor(vector).detach().float().cpu().reshape(-1)
-        if size is not None and vector.numel() != size:
-            raise InputError(f"Steering {name!r}: its activations end in a dimension of {size}, but the "
-                             f"vector has {vector.numel()} entries. Build a vector of length {size}.")
+        """Steer ``name`` by ``vector``: ``[d]``, the point's last dimension, or at a per-head
+        point ``[n_heads, d_head]``, one direction per head."""
+        trailing = _trailing_sizes(bridge, name)  # the sizes after (batch, pos)
+        vector = torch.as_tensor(vector).detach().float().cpu()
+        per_head = len(trailing) == 2 and tuple(vector.shape) == trailing
+        if not per_head:
+            vector = vector.reshape(-1)
+            size = trailing[-1]
+            if size is not None and vector.numel() != size:
+                shapes = f"[{size}]" + (f" or {list(trailing)}" if len(trailing) == 2 else "")
+                raise InputError(f"Steering {name!r}: its activations end in a dimension of {size}, but the "
+                                 f"vector has {vector.numel()} entries. Build a vector of shape {shapes}.")
         return cls(name, vector, float(scale))
 
     @classmethod
@@ -60,7 +68,8 @@ class Steering:
                      position: int | str = -1, scale: float = 1.0) -> Steering:
         """The mean activation at ``name`` over ``positive`` prompts minus that over ``negative``
         ones: at ``position`` (an index into each prompt's own tokens; -1, the last, by default)
-        or averaged over each prompt's positions (``position="mean"``)."""
+        or averaged over each prompt's positions (``position="mean"``). At a per-head point the
+        vector is ``[n_heads, d_head]``: each head gets its own difference."""
         means = [_mean_activation(bridge, name, prompts, position, which)
                  for prompts, which in ((positive, "positive"), (negative, "negative"))]
         return cls.from_vector(bridge, name, means[0] - means[1], scale)
@@ -79,9 +88,10 @@ class Steering:
         return self.name, steer
 
 
-def _last_size(bridge: Bridge, name: str) -> int | None:
+def _trailing_sizes(bridge: Bridge, name: str) -> tuple[int | None, ...]:
+    """The sizes of ``name``'s activation after ``(batch, pos)``, e.g. ``(n_heads, d_head)``."""
     info = bridge.hook_info(name)  # an unknown name raises, listing close ones
-    return info.sizes[-1]
+    return tuple(info.sizes[2:])
 
 
 def _mean_activation(bridge: Bridge, name: str, prompts: Sequence[str], position: int | str,
@@ -103,5 +113,4 @@ def _mean_activation(bridge: Bridge, name: str, prompts: Sequence[str], position
         else:
             raise InputError(f"Steering.from_prompts: position {position} is outside {prompt!r} "
                              f"({n} tokens); use an index in [-{n}, {n - 1}] or 'mean'.")
-    mean = torch.stack(rows).mean(0)
-    return mean.reshape(-1, mean.shape[-1]).mean(0).cpu()  # per-head points: averaged over heads
+    return torch.stack(rows).mean(0).cpu()  # [d], or [n_heads, d_head] at a per-head point
