@@ -96,6 +96,11 @@ def test_a_long_prompt_scrolls_instead_of_shrinking_the_lens(page):
     last = {"x": g["x0"] + (g["cols"] - 0.5) * g["cw"], "y": g["y0"] + (g["rows"] - 0.5) * g["ch"]}
     canvas.hover(position=last)
     expect(p.locator(".wb-tip")).to_contain_text(f"pos {g['cols'] - 1}  ' to'", timeout=T)
+    # the row labels stay pinned at the frame's left edge, over the scrolled cells
+    pinned, frame = p.locator("canvas.wb-heatmap-pinned"), wrap.bounding_box()
+    expect(pinned).to_be_visible()
+    box = pinned.bounding_box()
+    assert abs(box["x"] - frame["x"]) < 1 and abs(box["width"] - g["x0"]) < 1, (box, frame, g)
     shoot(p, "logit_lens_long")
 
 

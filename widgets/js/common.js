@@ -167,6 +167,9 @@ function matrixImage(values, rows, cols, colour) {
  */
 function heatmap(opts) {
   const canvas = h("canvas", { class: "wb-heatmap" });
+  // the row labels again, pinned to the frame's left edge: they stay in view when a wide
+  // heatmap scrolls sideways (a copy of the main canvas's label column, in the page only then)
+  const pinned = h("canvas", { class: "wb-heatmap-pinned" });
   const el = h("div", { class: "wb-heatmap-wrap" }, canvas);
   let o = null, geom = null, marked = null;
   const draw = (next) => {
@@ -223,6 +226,14 @@ function heatmap(opts) {
     }
     ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.font = "10px sans-serif";
     ctx.fillText(fmt(vmax), bx + 12, labelH + 4); ctx.fillText(fmt(vmin), bx + 12, labelH + bh - 4);
+    const wide = cols * cw > 900 && o.rowLabels && ch >= 9;  // wider than the fitting width
+    if (!wide) pinned.remove();
+    else {
+      if (pinned.parentNode !== el) el.append(pinned);
+      pinned.width = Math.ceil(labelW * dpr); pinned.height = H * dpr;
+      pinned.style.width = labelW + "px"; pinned.style.height = H + "px";
+      pinned.getContext("2d").drawImage(canvas, 0, 0, pinned.width, pinned.height, 0, 0, pinned.width, pinned.height);
+    }
     geom = { labelW, labelH, cw, ch };
     // where the cells are, in CSS pixels from the canvas's top-left (browser tests click by it)
     canvas.dataset.grid = JSON.stringify({ x0: labelW, y0: labelH, cw, ch, rows, cols });
