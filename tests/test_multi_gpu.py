@@ -184,6 +184,10 @@ def test_run_with_cache_to_the_cpu(pair):
     assert all(t.device == torch.device("cpu") for t in on_cpu.values())
     assert_same(dict(on_cpu.items()), dict(ref.items()), "cache on the cpu")
     both(pair, lambda b: dict(b.run_with_cache(CLEAN, device="cpu")[1].items()), "cpu cache")
+    _, pinned = spread.run_with_cache(CLEAN, device="cpu", pin_memory=True)  # copied from both GPUs
+    _, plain = spread.run_with_cache(CLEAN, device="cpu")
+    for name, tensor in plain.items():
+        assert pinned[name].is_pinned() and torch.equal(pinned[name], tensor), name
 
 
 def test_run_with_hooks_writing_on_both_devices(pair):

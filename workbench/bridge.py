@@ -375,11 +375,14 @@ class Bridge:
                              f"memory: it needs device='cpu' and a CUDA GPU (got device={device!r}, "
                              f"CUDA {'available' if torch.cuda.is_available() else 'not available'}).")
 
+        copied_from: set[torch.device] = set()
+
         def keep(tensor):  # moved as it comes, so a GPU run can cache to the CPU
             if device is None:
                 return tensor.detach()
             if pin_memory and tensor.is_cuda:
                 pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                copied_from.add(tensor.device)
                 return pinned.copy_(tensor.detach(), non_blocking=True)
             return tensor.detach().to(device)
 
@@ -413,7 +416,8 @@ class Bridge:
                     if live:
                         torch.autograd.grad(out, live, allow_unused=True)
         if pin_memory:
-            torch.cuda.synchronize()  # the non-blocking copies have landed
+            for gpu in copied_from:  # the non-blocking copies have landed (every GPU of a spread model)
+                torch.cuda.synchronize(gpu)
         cache = ActivationCache(_own_bytes(store), self.cfg.n_layers, context=self._cache_context)
         return out, (cache.remove_batch_dim() if remove_batch_dim else cache)
 
