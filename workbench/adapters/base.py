@@ -148,7 +148,7 @@ def live_param(module, name: str = "weight") -> Any:
     return p.detach()
 
 
-def execution_device(module) -> Any:
+def execution_device(module) -> torch.device:
     """The ``torch.device`` where ``module`` computes: accelerate's execution device for a
     dispatched module (its weights may sit on "meta" or the CPU between forwards, and the module
     or one of its parents carries the hook), else the device of its first parameter or buffer."""
