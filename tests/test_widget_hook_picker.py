@@ -64,8 +64,12 @@ def test_a_pick_that_would_not_fit_in_free_memory_is_refused(comm, bridge, monke
 
     picker = HookPicker(bridge, "abcab", hooks=["blocks.0.hook_resid_pre"])
     assert picker.error == "" and picker.cache is not None
+    assert picker.free_where == "cpu" and picker.free_bytes > 0  # shown beside the estimate
     need = bridge.cache_bytes("abcab", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"])
     monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    front_end_sets(picker, prompt="abcab ")
+    front_end_sets(picker, prompt="abcab")
+    assert picker.free_bytes == need - 1
     front_end_sets(picker, hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"])
     assert "would hold" in picker.error and "cpu has free" in picker.error
     assert picker.cache is None and picker.cached == []  # never the previous pick's cache

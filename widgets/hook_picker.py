@@ -17,6 +17,8 @@ from typing import Any
 
 from traitlets import Bool, Dict, Int, List, Unicode
 
+from workbench import memory
+
 from ._base import Panel, esm, guarded
 
 
@@ -57,6 +59,8 @@ class HookPicker(Panel):
     tree = List(Dict()).tag(sync=True)
     n_tokens = Int(0).tag(sync=True)
     cached = List(Dict()).tag(sync=True)  # [{"name", "shape": [ints], "bytes"}] of the last run
+    free_bytes = Int(-1).tag(sync=True)  # memory free where the cache goes (-1: unknown), at the last refresh
+    free_where = Unicode("").tag(sync=True)  # which device(s) that is, e.g. "cuda:0"
 
     def __init__(self, bridge: Any, prompt: str = "", *, hooks: list[str] | None = None,
                  auto_run: bool = True, selection: Any = None,
@@ -81,6 +85,7 @@ class HookPicker(Panel):
     def _refresh(self) -> None:
         self.n_tokens = self.bridge.to_tokens(self.prompt).shape[-1] if self.prompt else 1
         self.tree = hook_tree(self.bridge, self.n_tokens)
+        self._update_free()
         self._update_code()
         if self.auto_run and self.hooks and self.prompt:
             self._run()
@@ -114,6 +119,15 @@ class HookPicker(Panel):
                                                    memory_budget=self.memory_budget)
         self.cached = [{"name": k, "shape": list(v.shape), "bytes": v.numel() * v.element_size()}
                        for k, v in self.cache.items()]
+        self._update_free()
+
+    def _update_free(self) -> None:
+        """The memory free now where a cache goes (every device of a spread model), for the
+        summary line; what ``memory_budget="auto"`` compares the estimate with."""
+        devices = self.bridge._cache_devices(None)
+        free = [memory.available_bytes(d) for d in devices]
+        self.free_where = ", ".join(map(str, devices))
+        self.free_bytes = -1 if any(f is None for f in free) else sum(free)
 
     def _update_code(self) -> None:
         self.code = (f"_, cache = bridge.run_with_cache({self.prompt!r},\n"

@@ -45,6 +45,8 @@ def test_hook_picker_click_caches(page):
     p.locator("label.wb-hook-row input[type=checkbox]").check()
     expect(p).to_contain_text("blocks.1.hook_resid_post  [1, 15, 128]", timeout=T)  # shape from the cache
     expect(p.locator(".wb-code")).to_contain_text("names_filter=['blocks.1.hook_resid_post']")
+    summary = r"1 hook\(s\) picked, 7\.5 KiB for this prompt \(batch 1\) · [\d.]+ GiB free on cpu"
+    expect(p).to_contain_text(re.compile(summary))  # the estimate beside the memory free now
     shoot(p, "hooks")
 
 

@@ -84,14 +84,18 @@ function render({ model, el }) {
     for (const g of model.get("tree")) for (const c of g.children) for (const x of c.hooks) sizes.set(x.name, x.bytes);
     const picked = model.get("hooks");
     const total = picked.reduce((s, n) => s + (sizes.get(n) || 0), 0);
-    summary.textContent = `${picked.length} hook(s) picked, ${humanBytes(total)} for this prompt (batch 1)`;
+    const free = model.get("free_bytes");
+    summary.textContent = `${picked.length} hook(s) picked, ${humanBytes(total)} for this prompt (batch 1)`
+      + (free >= 0 ? ` · ${humanBytes(free)} free on ${model.get("free_where")}` : "")
+      + (free >= 0 && total > free ? " · too big: running it is refused" : "");
+    summary.classList.toggle("wb-warn", free >= 0 && total > free);
     const cached = model.get("cached");
     cachedEl.replaceChildren(
       h("div", { class: "wb-muted" }, cached.length ? `cached (${cached.length}):` : "nothing cached yet"),
       ...cached.map((c) => h("div", { class: "wb-tok" }, `${c.name}  [${c.shape.join(", ")}]  ${humanBytes(c.bytes)}`)));
     drawTree();
   }
-  for (const k of ["prompt", "auto_run", "n_tokens", "tree", "hooks", "cached"]) model.on("change:" + k, sync);
+  for (const k of ["prompt", "auto_run", "n_tokens", "tree", "hooks", "cached", "free_bytes"]) model.on("change:" + k, sync);
   sync();
 }
 
