@@ -143,6 +143,22 @@ def test_stop_strings_and_end_of_sequence_per_prompt(demo):
     assert long.text[0].startswith(cut.text[0])
 
 
+def test_a_stop_string_split_over_byte_tokens_still_stops(demo, monkeypatch):
+    """The demo tokenizer spells '東京' as six byte tokens, each decoding alone to a replacement
+    character: the stop string is matched on decoded text, so it stops at the sixth, and the
+    generation's text is the real characters. (The tokens are scripted: the model would not
+    write Japanese.)"""
+    import workbench.generation as generation
+
+    script = demo.tokenizer.encode("café 東京 and more text", add_special_tokens=False)
+    assert len(demo.tokenizer.encode("東京", add_special_tokens=False)) > 2
+    chosen = iter(script)
+    monkeypatch.setattr(generation, "next_tokens",
+                        lambda logits, opts, gen: torch.full((logits.shape[0],), next(chosen)))
+    out = demo.generate(PROMPT, len(script), stop="東京", stop_at_eos=False)
+    assert out.finish_reason == ["stop"] and out.text == ["café 東京"]
+
+
 def test_stream_yields_tokens_as_they_come(demo):
     steps = []
     stream = demo.generate_stream(PROMPT, 6, stop_at_eos=False)

@@ -223,7 +223,11 @@ def _loop(bridge: Bridge, run: dict[str, Any]) -> Iterator[GenerationStep]:
     opts, tokens, mask, reasons = run["opts"], run["tokens"], run["mask"], run["reasons"]
     batch = tokens.shape[0]
     done = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    texts = [""] * batch
+    new_ids: list[list[int]] = [[] for _ in range(batch)]
+    # a stop string is matched on the decoded tail of the new tokens, long enough to hold the
+    # longest one (each token is at least a byte), so a character split over several byte-level
+    # tokens is whole there (decoding token by token would show it as replacement characters)
+    tail = max((len(s.encode()) for s in opts.stop), default=0) + 8
     past = None
     for step in range(opts.max_new_tokens):
         positions = positions_from_mask(mask)
@@ -245,10 +249,10 @@ def _loop(bridge: Bridge, run: dict[str, Any]) -> Iterator[GenerationStep]:
         for i in range(batch):
             if not live[i]:
                 continue
-            texts[i] += strs[i]
-            if int(new[i]) in run["eos"]:
+            new_ids[i].append(int(new[i]))
+            if new_ids[i][-1] in run["eos"]:
                 done[i], reasons[i] = True, "eos"
-            elif any(s in texts[i] for s in opts.stop):
+            elif opts.stop and any(s in _decode(bridge, new_ids[i][-tail:]) for s in opts.stop):
                 done[i], reasons[i] = True, "stop"
         tokens = torch.cat([tokens, new[:, None]], dim=1)
         mask = torch.cat([mask, live.long()[:, None]], dim=1)
