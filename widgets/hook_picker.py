@@ -125,9 +125,9 @@ class HookPicker(Panel):
         """The memory free now where a cache goes (every device of a spread model), for the
         summary line; what ``memory_budget="auto"`` compares the estimate with."""
         devices = self.bridge._cache_devices(None)
-        free = [memory.available_bytes(d) for d in devices]
+        free = memory.available_on(devices)
         self.free_where = ", ".join(map(str, devices))
-        self.free_bytes = -1 if any(f is None for f in free) else sum(free)
+        self.free_bytes = -1 if free is None else free
 
     def _update_code(self) -> None:
         self.code = (f"_, cache = bridge.run_with_cache({self.prompt!r},\n"

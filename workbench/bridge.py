@@ -432,10 +432,9 @@ class Bridge:
         where = "the memory budget is"
         if budget == "auto":  # what the cache's devices have free now
             devices = self._cache_devices(device)
-            free = [memory.available_bytes(d) for d in devices]
-            if any(f is None for f in free):
+            budget = memory.available_on(devices)
+            if budget is None:
                 return  # unknown: no check
-            budget = sum(free)
             where = f"{', '.join(map(str, devices))} {'has' if len(devices) == 1 else 'have'} free"
         check_memory_budget(budget, "no limit, or 'auto' for the free memory")
         shape = tuple(self._encode_input(input, mask, None, None, plan=True).tokens.shape)

@@ -126,6 +126,13 @@ def available_bytes(device: str | torch.device) -> int | None:
     return None
 
 
+def available_on(devices) -> int | None:
+    """:func:`available_bytes` summed over ``devices`` (the devices a cache is spread over);
+    None when one of them is unknown."""
+    free = [available_bytes(d) for d in devices]
+    return None if any(f is None for f in free) else sum(free)
+
+
 def before_cpu_cache() -> None:
     """Called before a cache is kept on the CPU: turns :func:`keep_freed_memory` on once per
     process, unless the user decided otherwise (a call, or WORKBENCH_KEEP_FREED_MEMORY=0)."""
