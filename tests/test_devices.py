@@ -87,7 +87,9 @@ def _same(a, b, what: str, tol: float = 1e-5) -> None:
                 assert torch.equal(x, y), (what, key)
         elif isinstance(x, dict) and any(isinstance(v, torch.Tensor) for v in x.values()):
             _same(x, y, f"{what}.{key}", tol)
-        elif isinstance(x, (int, float, str, tuple, bool)) and not isinstance(x, float):
+        elif isinstance(x, float):
+            assert y == pytest.approx(x, abs=tol, nan_ok=True), (what, key)
+        elif isinstance(x, (int, str, tuple, list, bool)):
             assert x == y, (what, key)
 
 
