@@ -65,7 +65,7 @@ class CacheContext:
         return split_out_proj(live_param(self.o_projs[layer]), self.o_layout, self.n_heads, self.d_head)
 
 
-def _stack(parts: list[torch.Tensor], cat: bool = False) -> torch.Tensor:
+def gather_stack(parts: list[torch.Tensor], cat: bool = False) -> torch.Tensor:
     """``torch.stack`` (or ``cat``) of tensors that may live on several devices (layers of a model
     spread by a ``device_map``), gathered on the first one's device."""
     parts = [t.to(parts[0].device) for t in parts]
@@ -161,7 +161,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def stack_activation(self, name: str) -> torch.Tensor:
         """``[n_layers, ...]``: one short-named activation (e.g. "resid_post") of every layer."""
-        return _stack([self[name, layer] for layer in range(self.n_layers)])
+        return gather_stack([self[name, layer] for layer in range(self.n_layers)])
 
     # -- residual-stream decompositions (TransformerLens conveniences) ----------------------
     def _layer_arg(self, layer: int | None) -> int:
@@ -193,7 +193,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if layer == self.n_layers:
             parts.append(self["resid_post", self.n_layers - 1])
             labels.append("final_post")
-        return self._finish(_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+        return self._finish(gather_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
                             return_labels)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
@@ -219,7 +219,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             if mode in ("all", "mlp") and L < layer:
                 parts.append(self["mlp_out", L])
                 labels.append(f"{L}_mlp_out")
-        return self._finish(_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
+        return self._finish(gather_stack(parts), labels, layer, apply_ln, mlp_input, pos_slice,
                             return_labels)
 
     def stack_head_results(self, layer: int | None = None, return_labels: bool = False,
@@ -253,7 +253,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             result = result.movedim(-2, 0)  # [heads, batch, pos, d_model]
             parts.append(result)
             labels += [f"L{L}H{h}" for h in range(result.shape[0])]
-        stack = _stack(parts, cat=True) if parts else torch.empty(0)
+        stack = gather_stack(parts, cat=True) if parts else torch.empty(0)
         if incl_remainder:
             total = (self["resid_post", layer - 1] if layer == self.n_layers
                      else self["resid_pre", layer])

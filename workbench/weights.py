@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .adapters import live_param, optional_module, split_out_proj
+from .cache import gather_stack
 from .errors import InputError
 from .factored import FactoredMatrix
 
@@ -88,8 +89,7 @@ def _expand(t: torch.Tensor, bridge: Bridge) -> torch.Tensor:
 def _stack(bridge: Bridge, fn: Callable[[int], torch.Tensor]) -> torch.Tensor:
     """``[n_layers, ...]`` of ``fn(layer)``, on the first layer's device (a ``device_map`` may
     spread the layers over several)."""
-    parts = [fn(layer) for layer in range(bridge.cfg.n_layers)]
-    return torch.stack([t.to(parts[0].device) for t in parts])
+    return gather_stack([fn(layer) for layer in range(bridge.cfg.n_layers)])
 
 
 def _attn(bridge: Bridge, key: str, bias: bool) -> torch.Tensor:
