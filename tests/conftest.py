@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,37 @@ def unfinish_logits(bridge, logits: torch.Tensor) -> torch.Tensor:
     cap = bridge.cfg.output_logits_soft_cap
     x = logits if cap is None else cap * torch.atanh(logits / cap)
     return x / bridge.cfg.logit_multiplier
+
+
+def assert_same(a, b, what: str = "result", tol: float = 1e-4, same_device: bool = False) -> None:
+    """Two results equal: tensors within ``tol`` (compared on the CPU, NaN where NaN; integer and
+    bool tensors exactly), floats within ``tol``, everything else equal; dataclasses, mappings
+    (a cache too), lists and tuples field by field. ``same_device``: tensors also on one device
+    (else each is compared on the CPU: results of a model spread over several devices)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, what
+        assert not same_device or a.device == b.device, what
+        a, b = a.detach().cpu(), b.detach().cpu()
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True, msg=what)
+        else:
+            assert torch.equal(a, b), what
+    elif dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), what
+        for f in dataclasses.fields(a):
+            assert_same(getattr(a, f.name), getattr(b, f.name), f"{what}.{f.name}", tol, same_device)
+    elif isinstance(a, Mapping):
+        assert list(a.keys()) == list(b.keys()), what
+        for key in a:
+            assert_same(a[key], b[key], f"{what}[{key!r}]", tol, same_device)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{what}[{i}]", tol, same_device)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=tol, abs=tol, nan_ok=True), what
+    else:
+        assert a == b, what
 
 
 def rel_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:

@@ -10,7 +10,7 @@ width."""
 
 import pytest
 import torch
-from conftest import rel_close
+from conftest import assert_same, rel_close
 from transformers import AutoModelForCausalLM
 
 from workbench import (
@@ -72,27 +72,6 @@ def test_disk_offload_gives_the_same_activations_weights_and_analyses(folder, tm
         Bridge.from_pretrained(str(folder), offload_folder=str(tmp_path))
 
 
-def _same(a, b, what: str, tol: float = 1e-5) -> None:
-    """Every tensor field of two results equal within ``tol`` (NaN where NaN), the rest equal."""
-    fields = vars(a) if not isinstance(a, dict) else a
-    other = vars(b) if not isinstance(b, dict) else b
-    assert fields.keys() == other.keys(), what
-    for key, x in fields.items():
-        y = other[key]
-        if isinstance(x, torch.Tensor):
-            assert x.device == y.device, (what, key)
-            if x.is_floating_point():
-                torch.testing.assert_close(x, y, rtol=tol, atol=tol, equal_nan=True, msg=f"{what}.{key}")
-            else:
-                assert torch.equal(x, y), (what, key)
-        elif isinstance(x, dict) and any(isinstance(v, torch.Tensor) for v in x.values()):
-            _same(x, y, f"{what}.{key}", tol)
-        elif isinstance(x, float):
-            assert y == pytest.approx(x, abs=tol, nan_ok=True), (what, key)
-        elif isinstance(x, (int, str, tuple, list, bool)):
-            assert x == y, (what, key)
-
-
 # max_memory for the CPU (bytes; the model's weights are ~0.5 MB): everything offloaded to disk
 # (no module keeps its weights: accelerate's hooks load each one per forward), or the embedding
 # and the first block in memory and the rest on disk
@@ -129,7 +108,7 @@ def test_device_map_auto_with_max_memory_gives_every_analysis_unchanged(folder, 
         ).tokens},
     }
     for what, run in runs.items():
-        _same(run(spread), run(whole), what)
+        assert_same(run(spread), run(whole), what, tol=1e-5, same_device=True)
     assert spread.model.get_submodule("lm_head").weight.device.type == "meta"  # still offloaded
 
 

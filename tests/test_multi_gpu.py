@@ -11,11 +11,9 @@ These tests need two CUDA GPUs (they skip otherwise). To check the test code its
 without them, point ``DEVICES`` at ``("cpu", "cpu", "cpu")`` and drop the skip.
 """
 
-import dataclasses
-from collections.abc import Mapping
-
 import pytest
 import torch
+from conftest import assert_same
 
 from workbench import (
     Bridge,
@@ -103,35 +101,6 @@ def pair(request, tmp_path_factory):
     return spread, whole
 
 
-def assert_same(a, b, what: str = "result", tol: float = TOL) -> None:
-    """Two results equal: tensors within ``tol`` (compared on the CPU, NaN where NaN; integer and
-    bool tensors exactly), floats within ``tol``, everything else equal; dataclasses, mappings
-    (a cache too), lists and tuples field by field."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, what
-        a, b = a.detach().cpu(), b.detach().cpu()
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True, msg=what)
-        else:
-            assert torch.equal(a, b), what
-    elif dataclasses.is_dataclass(a) and not isinstance(a, type):
-        assert type(a) is type(b), what
-        for f in dataclasses.fields(a):
-            assert_same(getattr(a, f.name), getattr(b, f.name), f"{what}.{f.name}", tol)
-    elif isinstance(a, Mapping):
-        assert list(a.keys()) == list(b.keys()), what
-        for key in a:
-            assert_same(a[key], b[key], f"{what}[{key!r}]", tol)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{what}[{i}]", tol)
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=tol, abs=tol, nan_ok=True), what
-    else:
-        assert a == b, what
-
-
 def both(pair, run, what: str, tol: float = TOL):
     """``run(bridge)`` on the spread and on the whole model, asserted equal; returns the spread
     model's result."""
@@ -184,10 +153,11 @@ def test_run_with_cache_to_the_cpu(pair):
     assert all(t.device == torch.device("cpu") for t in on_cpu.values())
     assert_same(dict(on_cpu.items()), dict(ref.items()), "cache on the cpu")
     both(pair, lambda b: dict(b.run_with_cache(CLEAN, device="cpu")[1].items()), "cpu cache")
-    _, pinned = spread.run_with_cache(CLEAN, device="cpu", pin_memory=True)  # copied from both GPUs
-    _, plain = spread.run_with_cache(CLEAN, device="cpu")
-    for name, tensor in plain.items():
-        assert pinned[name].is_pinned() and torch.equal(pinned[name], tensor), name
+    if torch.cuda.is_available():  # (pinned memory needs CUDA: skipped when DEVICES point at the CPU)
+        _, pinned = spread.run_with_cache(CLEAN, device="cpu", pin_memory=True)  # copied from both GPUs
+        _, plain = spread.run_with_cache(CLEAN, device="cpu")
+        for name, tensor in plain.items():
+            assert pinned[name].is_pinned() and torch.equal(pinned[name], tensor), name
 
 
 def test_run_with_hooks_writing_on_both_devices(pair):
